@@ -1,0 +1,44 @@
+"""Atomic writes: a crash or a kill never leaves a truncated result behind.
+
+Each writer writes a temporary file in the destination folder, flushes it to
+disk and renames it over the destination (``os.replace`` is atomic on POSIX
+and Windows)."""
+import contextlib
+import json
+import os
+import tempfile
+
+import torch
+
+
+@contextlib.contextmanager
+def _atomic_path(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save(obj, path)``, atomically."""
+    with _atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(text, path):
+    with _atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def atomic_write_json(obj, path, **kwargs):
+    atomic_write_text(json.dumps(obj, **kwargs), path)
