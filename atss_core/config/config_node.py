@@ -87,7 +87,7 @@ class ConfigNode(_YacsCfgNode):
                     )
                 current._merge_dict(v, full_key + ".", source, root)
             else:
-                self[k] = _coerce(v, current, full_key, source)
+                self[k] = _coerce(self._decode_cfg_value(v), current, full_key, source)
 
     def merge_from_file(self, cfg_filename):
         try:
@@ -110,8 +110,7 @@ class ConfigNode(_YacsCfgNode):
                 f"items: {cfg_list}"
             )
         for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
-            value = self._decode_cfg_value(raw)
-            nested = value
+            nested = raw
             for part in reversed(full_key.split(".")):
                 nested = {part: nested}
             self._merge_dict(nested, "", "command-line option", self)

@@ -1,0 +1,43 @@
+"""Shared test helpers: where the repository, the shared fixtures and data are."""
+import os
+import sys
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared"))
+REFERENCE_DIR = os.path.join(SHARED, "reference")
+COCO128_DIR = os.path.join(SHARED, "data", "coco128")
+
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def requires_reference():
+    return pytest.mark.skipif(
+        not os.path.isdir(REFERENCE_DIR),
+        reason=f"reference fixtures not found at {REFERENCE_DIR} (../shared/reference beside the repository)",
+    )
+
+
+def requires_coco128():
+    return pytest.mark.skipif(
+        not os.path.isdir(COCO128_DIR),
+        reason=f"COCO subset not found at {COCO128_DIR} (../shared/data/coco128 beside the repository)",
+    )
+
+
+def config_path(name):
+    return os.path.join(REPO_ROOT, "configs", "atss", name + ".yaml")
+
+
+def load_cfg(name, opts=()):
+    from atss_core.config import cfg
+
+    c = cfg.clone()
+    c.merge_from_file(config_path(name) if not name.endswith(".yaml") else name)
+    c.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return c
