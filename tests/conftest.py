@@ -38,6 +38,7 @@ def load_cfg(name, opts=()):
     from atss_core.config import cfg
 
     c = cfg.clone()
+    c.defrost()
     c.merge_from_file(config_path(name) if not name.endswith(".yaml") else name)
     c.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return c

@@ -1,0 +1,10 @@
+from .distributed import DistributedSampler, InferenceSampler
+from .grouped_batch_sampler import GroupedBatchSampler
+from .iteration_based_batch_sampler import IterationBasedBatchSampler
+
+__all__ = [
+    "DistributedSampler",
+    "GroupedBatchSampler",
+    "InferenceSampler",
+    "IterationBasedBatchSampler",
+]
