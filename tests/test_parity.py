@@ -124,3 +124,34 @@ def test_batch_with_padding(r50_model, fixture):
     assert torch.equal(batch[1].get_field("labels"), alone[0].get_field("labels"))
     assert torch.allclose(batch[1].bbox, alone[0].bbox, atol=1e-3)
     assert float(batch[1].bbox[:, 2].max()) <= 699 and float(batch[1].bbox[:, 3].max()) <= 399
+
+
+def test_dcn_zoo_config_with_still_offsets_equals_plain_model(fixture, tmp_path):
+    """A DCNv2 zoo model whose offsets are zero (mask sigmoid(0) = 0.5) computes
+    what the plain model computes with those 3x3 weights halved: the deformable
+    layers sit where the reference puts them and sample as it does."""
+    path = str(tmp_path / "dcn.pth")
+    write_reference_checkpoint("atss_dcnv2_R_50_FPN_1x", path)
+    dcn_cfg = load_cfg("atss_dcnv2_R_50_FPN_1x")
+    dcn_model = build_detection_model(dcn_cfg).eval()
+    DetectronCheckpointer(dcn_cfg, dcn_model).load(path)
+    plain_state = {}
+    for k, v in dcn_model.state_dict().items():
+        if ".offset." in k:
+            v.zero_()  # in place: the DCN model now has still offsets
+            continue
+        if k.endswith(".conv.weight"):
+            plain_state[k.replace(".conv.weight", ".weight")] = 0.5 * v
+        else:
+            plain_state[k.replace(".conv.bias", ".bias")] = v
+    plain_cfg = load_cfg("atss_R_50_FPN_1x")
+    plain_model = build_detection_model(plain_cfg).eval()
+    plain_model.load_state_dict(plain_state, strict=True)
+
+    image = fixture_input(fixture)[:, :256, :320].contiguous()
+    with torch.no_grad():
+        ours = dcn_model.rpn.head(dcn_model.backbone(image[None]))
+        plain = plain_model.rpn.head(plain_model.backbone(image[None]))
+    for a_levels, b_levels in zip(ours, plain):
+        for a, b in zip(a_levels, b_levels):
+            assert relative_error(a, b) < 1e-4
