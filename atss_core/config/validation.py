@@ -73,6 +73,8 @@ def validate_config(cfg):
             "TEST.BBOX_AUG.SCALE_RANGES needs one [lo, hi] per entry of TEST.BBOX_AUG.SCALES; "
             f"got {len(aug.SCALE_RANGES)} ranges for {len(aug.SCALES)} scales"
         )
+    if not 0.0 < aug.VOTE_TH <= 1.0:
+        raise ConfigError(f"TEST.BBOX_AUG.VOTE_TH is an IoU and must lie in (0, 1], got {aug.VOTE_TH}")
     for key in ("SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")

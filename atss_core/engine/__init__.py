@@ -1,0 +1,1 @@
+"""Training loop, inference with COCO evaluation, test-time augmentation and per-class thresholds."""

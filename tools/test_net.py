@@ -1,0 +1,185 @@
+r"""Evaluate a trained ATSS detector on the COCO datasets of ``DATASETS.TEST``.
+
+    # one GPU (or the CPU with MODEL.DEVICE cpu)
+    python tools/test_net.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \
+        MODEL.WEIGHT ATSS_R_50_FPN_1x.pth TEST.IMS_PER_BATCH 4
+    # 8 GPUs (TEST.IMS_PER_BATCH is the total over processes)
+    python -m torch.distributed.launch --nproc_per_node=8 tools/test_net.py \
+        --config-file configs/atss/atss_R_50_FPN_1x.yaml MODEL.WEIGHT ATSS_R_50_FPN_1x.pth
+    torchrun --nproc_per_node=8 tools/test_net.py --config-file ... (same options)
+    # multi-scale testing (test-time augmentation) as configured in TEST.BBOX_AUG
+    python tools/test_net.py --config-file ... MODEL.WEIGHT ... TEST.BBOX_AUG.ENABLED True
+
+For each dataset, ``OUTPUT_DIR/inference/<dataset>/`` receives ``bbox.json``
+(COCO results) and, for an annotated split, ``metrics.json`` (AP, AP50, ...,
+timing, per-class AP with ``--per-class-ap``); the log goes to the console and
+``OUTPUT_DIR/test_log.txt``. The weights are ``MODEL.WEIGHT``;
+``--use-last-checkpoint`` loads the checkpoint named by
+``OUTPUT_DIR/last_checkpoint`` instead (the last one of a training run). See
+docs/EVALUATION.md.
+"""
+import argparse
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from atss_core.config import ConfigError, cfg as default_cfg, validate_config  # noqa: E402
+from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
+from atss_core.data import make_data_loader  # noqa: E402
+from atss_core.engine.bbox_aug import build_bbox_aug  # noqa: E402
+from atss_core.engine.coco_eval import EvaluationError  # noqa: E402
+from atss_core.engine.inference import inference  # noqa: E402
+from atss_core.modeling.detector import build_detection_model  # noqa: E402
+from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
+from atss_core.utils.comm import get_rank, get_world_size, is_main_process, synchronize  # noqa: E402
+from atss_core.utils.logger import setup_logger  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Evaluate an ATSS detector on COCO")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    # torch.distributed.launch passes --local_rank (older) or --local-rank;
+    # torchrun sets $LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
+                        default=int(os.environ.get("LOCAL_RANK", 0)))
+    parser.add_argument("--per-class-ap", dest="per_class_ap", action="store_true",
+                        help="also report the AP of every category (log and metrics.json)")
+    parser.add_argument("--use-last-checkpoint", dest="use_last_checkpoint", action="store_true",
+                        help="load OUTPUT_DIR/last_checkpoint instead of MODEL.WEIGHT")
+    parser.add_argument("--warmup-iters", dest="warmup_iters", type=int, default=3,
+                        help="batches per process left out of the timing (default 3)")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="config options to override, as KEY VALUE pairs")
+    return parser.parse_args(argv)
+
+
+def load_config(args):
+    """The default config merged with ``--config-file`` and the trailing
+    options, validated and frozen."""
+    cfg = default_cfg.clone()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    validate_config(cfg)
+    if args.warmup_iters < 0:
+        raise ConfigError(f"--warmup-iters must be >= 0, got {args.warmup_iters}")
+    if not cfg.DATASETS.TEST:
+        raise ConfigError("DATASETS.TEST is empty: name the datasets to evaluate, e.g. "
+                          "DATASETS.TEST \"('coco_2017_val',)\"")
+    if not args.use_last_checkpoint and not cfg.MODEL.WEIGHT:
+        raise ConfigError("MODEL.WEIGHT is empty: pass the trained weights, e.g. "
+                          "MODEL.WEIGHT ATSS_R_50_FPN_1x.pth (or --use-last-checkpoint)")
+    cfg.freeze()
+    return cfg
+
+
+def init_distributed(cfg, local_rank):
+    """Join the process group when launched with several processes
+    ($WORLD_SIZE > 1): NCCL for ``MODEL.DEVICE cuda``, Gloo for cpu. Returns
+    this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("MODEL.DEVICE is cuda but torch sees no GPU; pass MODEL.DEVICE cpu "
+                              "to evaluate on the CPU")
+        if world_size > 1:
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process with local rank {local_rank} has no GPU: only "
+                    f"{torch.cuda.device_count()} are visible; launch at most that many processes "
+                    "per node"
+                )
+            device = torch.device("cuda", local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, init_method="env://")
+        synchronize()
+    return device
+
+
+def _environment(device):
+    lines = [f"Python {platform.python_version()}, PyTorch {torch.__version__}, "
+             f"{platform.platform()}", f"device {device}, {get_world_size()} process(es)"]
+    if device.type == "cuda":
+        lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
+    else:
+        lines.append(f"{torch.get_num_threads()} CPU threads per process")
+    return "\n".join(lines)
+
+
+def run_test(cfg, model, device, per_class_ap=False, warmup_iters=3):
+    """Evaluate ``model`` on every dataset of ``DATASETS.TEST``; returns
+    ``{dataset name: metrics}`` on the main process (None values elsewhere and
+    for splits without annotations)."""
+    distributed = get_world_size() > 1
+    bbox_aug = build_bbox_aug(cfg)
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    results = {}
+    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_main_process():
+            os.makedirs(output_folder, exist_ok=True)
+        results[dataset_name] = inference(
+            model,
+            data_loader,
+            dataset_name=dataset_name,
+            device=device,
+            output_folder=output_folder,
+            bbox_aug=bbox_aug,
+            per_class_ap=per_class_ap,
+            warmup_iters=warmup_iters,
+            expected_results=cfg.TEST.EXPECTED_RESULTS,
+            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
+        )
+        synchronize()
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
+    device = init_distributed(cfg, args.local_rank)
+    try:
+        if is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        logger = setup_logger("atss_core", cfg.OUTPUT_DIR, get_rank(), filename="test_log.txt")
+        logger.info("Command line arguments: %s", args)
+        logger.info("Environment:\n%s", _environment(device))
+        logger.info("Running with config:\n%s", cfg.dump())
+
+        model = build_detection_model(cfg)
+        model.to(device)
+        checkpointer = DetectronCheckpointer(cfg, model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False)
+        if args.use_last_checkpoint and not checkpointer.has_checkpoint():
+            raise CheckpointError(
+                f"--use-last-checkpoint: {os.path.join(cfg.OUTPUT_DIR, 'last_checkpoint')} does "
+                "not exist; point OUTPUT_DIR at a training run or pass MODEL.WEIGHT instead"
+            )
+        if cfg.MODEL.WEIGHT.startswith("catalog://") and not args.use_last_checkpoint:
+            logger.warning(
+                "MODEL.WEIGHT is %s, ImageNet backbone weights: the detection head is untrained. "
+                "Pass the trained detector, e.g. MODEL.WEIGHT ATSS_R_50_FPN_1x.pth",
+                cfg.MODEL.WEIGHT,
+            )
+        checkpointer.load(cfg.MODEL.WEIGHT, use_latest=args.use_last_checkpoint)
+        return run_test(cfg, model, device, per_class_ap=args.per_class_ap,
+                        warmup_iters=args.warmup_iters)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, EvaluationError, DatasetNotFoundError,
+            FileNotFoundError) as e:
+        sys.exit(f"test_net.py: error: {e}")
