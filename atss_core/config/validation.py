@@ -73,6 +73,13 @@ def validate_config(cfg):
             "TEST.BBOX_AUG.SCALE_RANGES needs one [lo, hi] per entry of TEST.BBOX_AUG.SCALES; "
             f"got {len(aug.SCALE_RANGES)} ranges for {len(aug.SCALES)} scales"
         )
+    for r in aug.SCALE_RANGES:
+        if len(r) != 2 or not 0 <= r[0] < r[1]:
+            raise ConfigError(
+                f"TEST.BBOX_AUG.SCALE_RANGES entries must be [lo, hi] with 0 <= lo < hi, got {list(r)}"
+            )
+    if any(s < 1 for s in aug.SCALES):
+        raise ConfigError(f"TEST.BBOX_AUG.SCALES must be positive sizes, got {tuple(aug.SCALES)}")
     if not 0.0 < aug.VOTE_TH <= 1.0:
         raise ConfigError(f"TEST.BBOX_AUG.VOTE_TH is an IoU and must lie in (0, 1], got {aug.VOTE_TH}")
     for key in ("SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH"):

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import torch
 
-from atss_core.config import ConfigError
+from atss_core.config import validate_config
 from atss_core.data.transforms import ToTensor, build_normalize, resize_image
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT, BoxList
 from atss_core.structures.boxlist_ops import box_area, box_iou, boxlist_ml_nms, cat_boxlist
@@ -60,27 +60,14 @@ class AugPass:
 
 def build_passes(cfg):
     """The passes of ``cfg.TEST.BBOX_AUG`` (see the module docstring), in order."""
+    validate_config(cfg)  # SCALES, SCALE_RANGES, MERGE_TYPE, VOTE_TH
     aug = cfg.TEST.BBOX_AUG
     ranges = [tuple(r) for r in aug.SCALE_RANGES]
-    if ranges and len(ranges) != len(aug.SCALES):
-        raise ConfigError(
-            "TEST.BBOX_AUG.SCALE_RANGES needs one [lo, hi] per entry of TEST.BBOX_AUG.SCALES; "
-            f"got {len(ranges)} ranges for {len(aug.SCALES)} scales"
-        )
-    for r in ranges:
-        if len(r) != 2 or not 0 <= r[0] < r[1]:
-            raise ConfigError(
-                f"TEST.BBOX_AUG.SCALE_RANGES entries must be [lo, hi] with 0 <= lo < hi, got {list(r)}"
-            )
     test_size, test_max = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
     passes = [AugPass(test_size, test_max)]
     if aug.H_FLIP:
         passes.append(AugPass(test_size, test_max, hflip=True))
     for i, scale in enumerate(aug.SCALES):
-        if scale < 1:
-            raise ConfigError(
-                f"TEST.BBOX_AUG.SCALES must be positive sizes, got {tuple(aug.SCALES)}"
-            )
         max_size = test_max if aug.VOTE and scale < test_size else aug.MAX_SIZE
         size_range = ranges[i] if ranges else None
         passes.append(AugPass(scale, max_size, size_range=size_range))
@@ -274,12 +261,6 @@ class BBoxAug:
     @classmethod
     def from_config(cls, cfg):
         aug = cfg.TEST.BBOX_AUG
-        if aug.MERGE_TYPE not in ("vote", "soft-vote"):
-            raise ConfigError(
-                f"TEST.BBOX_AUG.MERGE_TYPE must be vote or soft-vote, got {aug.MERGE_TYPE!r}"
-            )
-        if not 0.0 < aug.VOTE_TH <= 1.0:
-            raise ConfigError(f"TEST.BBOX_AUG.VOTE_TH must lie in (0, 1], got {aug.VOTE_TH}")
         return cls(
             build_passes(cfg),
             build_normalize(cfg),
