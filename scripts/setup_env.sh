@@ -36,7 +36,9 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
         # No GPU: the CPU build only, never the several-GB CUDA packages.
         spec="${ATSS_TORCH:-torch==2.13.0+cpu}"
         echo "[setup] installing $spec (no NVIDIA GPU found: CPU build)"
-        "$PY" -m pip install "$spec" --extra-index-url "$CPU_TORCH_INDEX"
+        # A local wheel or a mirror may hold it; else PyTorch's CPU index does.
+        "$PY" -m pip install "$spec" 2>/dev/null \
+            || "$PY" -m pip install "$spec" --extra-index-url "$CPU_TORCH_INDEX"
     fi
 fi
 
