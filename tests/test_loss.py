@@ -5,17 +5,15 @@
   positives picked by index, focal loss written out) on synthetic head
   outputs: values and gradients, every sample selection rule, both
   regression types;
-* the corner cases: no positives anywhere, several workers;
-* the reference's losses on the parity fixture (slow: runs ResNet-50).
+* the corner cases: no positives anywhere, several workers.
+
+The losses of the reference on its parity fixture are checked in test_parity.py.
 """
-import json
 import math
-import os
-import sys
 
 import pytest
 import torch
-from conftest import REFERENCE_DIR, load_cfg
+from conftest import load_cfg
 from test_sample_selection import loop_select, make_anchors, random_boxes
 
 from atss_core.config import cfg as default_cfg
@@ -256,52 +254,3 @@ def test_make_atss_loss_evaluator_reads_the_config():
     loss = make_atss_loss_evaluator(cfg, make_box_coder(cfg))
     assert loss.sample_selector.positive_type == "TOPK" and loss.sample_selector.topk == 5
     assert loss.reg_loss_weight == 1.5
-
-
-# --------------------------------------------------------------------------- #
-# The reference's losses on the parity fixture
-# --------------------------------------------------------------------------- #
-@pytest.mark.slow
-def test_reference_losses_on_fixture(tmp_path):
-    fixture_path = os.path.join(REFERENCE_DIR, "parity", "r50_single.json")
-    if not os.path.exists(fixture_path):
-        pytest.skip(f"reference fixtures not found at {REFERENCE_DIR} (../shared/reference beside the repository)")
-    import cv2
-    import numpy as np
-
-    from atss_core.modeling.detector import build_detection_model
-    from atss_core.utils.checkpoint import DetectronCheckpointer
-
-    with open(fixture_path) as f:
-        fixture = json.load(f)
-    sys.path.insert(0, REFERENCE_DIR)
-    try:
-        import reference_weights
-    finally:
-        sys.path.remove(REFERENCE_DIR)
-    with open(os.path.join(REFERENCE_DIR, "keys", "atss_R_50_FPN_1x.json")) as f:
-        state = reference_weights.make_state_dict(json.load(f))
-    weights = str(tmp_path / "atss_R_50_FPN_1x_synthetic.pth")
-    torch.save({"model": {"module." + k: v for k, v in state.items()}}, weights)
-
-    cfg = load_cfg("atss_R_50_FPN_1x")
-    model = build_detection_model(cfg).eval()
-    DetectronCheckpointer(cfg, model).load(weights)
-
-    image = fixture["images"][0]
-    png = cv2.imread(os.path.join(REFERENCE_DIR, "parity", image["png"]), cv2.IMREAD_COLOR)
-    pixels = torch.from_numpy(png.astype(np.float32) - np.asarray(cfg.INPUT.PIXEL_MEAN, dtype=np.float32))
-    padded = torch.zeros(1, 3, *fixture["padded_hw"])
-    padded[0, :, : png.shape[0], : png.shape[1]] = pixels.permute(2, 0, 1)
-    target = BoxList(torch.tensor(image["gt_boxes"]), (image["resized_hw"][1], image["resized_hw"][0]))
-    target.add_field("labels", torch.tensor(image["gt_labels"]))
-
-    with torch.no_grad():
-        features = model.backbone(padded)
-        box_cls, box_reg, ctr = model.rpn.head(features)
-        anchors = model.rpn.anchor_generator(features)
-        losses = model.rpn.loss_evaluator(box_cls, box_reg, ctr, [target], anchors)
-    for name, value in zip(("loss_cls", "loss_reg", "loss_centerness"), losses):
-        expected = fixture["losses"][name]
-        assert f"{value.item():.4g}" == f"{expected:.4g}", (name, value.item(), expected)
-        assert abs(value.item() - expected) <= 1e-4 * abs(expected), (name, value.item(), expected)

@@ -16,6 +16,7 @@ import torch
 from conftest import REFERENCE_DIR, load_cfg, requires_reference
 
 from atss_core.modeling.detector import build_detection_model
+from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.boxlist_ops import box_iou
 from atss_core.structures.image_list import ImageList, to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
@@ -155,3 +156,21 @@ def test_dcn_zoo_config_with_still_offsets_equals_plain_model(fixture, tmp_path)
     for a_levels, b_levels in zip(ours, plain):
         for a, b in zip(a_levels, b_levels):
             assert relative_error(a, b) < 1e-4
+
+
+def test_training_losses_match_reference(r50_model, fixture):
+    """The whole training forward (sample selection + losses) on the fixture
+    image and its ground truth gives the reference's three losses."""
+    info = fixture["images"][0]
+    target = BoxList(torch.tensor(info["gt_boxes"]), (info["resized_hw"][1], info["resized_hw"][0]))
+    target.add_field("labels", torch.tensor(info["gt_labels"]))
+    r50_model.train()
+    try:
+        with torch.no_grad():
+            losses = r50_model(to_image_list([fixture_input(fixture)], 32), [target])
+    finally:
+        r50_model.eval()
+    assert set(losses) == {"loss_cls", "loss_reg", "loss_centerness"}
+    for name, expected in fixture["losses"].items():
+        assert f"{float(losses[name]):.4g}" == f"{expected:.4g}", name
+        assert abs(float(losses[name]) - expected) <= 1e-5 * abs(expected), name
