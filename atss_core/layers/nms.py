@@ -13,6 +13,7 @@ Conventions (those of the reference ATSS / maskrcnn-benchmark kernels):
 The compiled kernels of ``atss_core._C`` are used when available for the
 device; otherwise an equivalent pure-PyTorch implementation runs.
 """
+import numpy as np
 import torch
 
 from atss_core.layers import _ext
@@ -102,37 +103,52 @@ def _dispatch(name, boxes, scores, labels, iou_threshold):
 
 
 def _suppression_rows(boxes, labels, start, stop, iou_threshold):
-    """Bool matrix [stop - start, N]: row i marks boxes j > i that box i suppresses."""
+    """Bool matrix [stop - start, N - start]: entry (i, j) says box start + i suppresses
+    box start + j (only j > i can be set)."""
     x1, y1, x2, y2 = boxes.unbind(1)
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    rows = slice(start, stop)
-    w = (torch.minimum(x2[rows, None], x2) - torch.maximum(x1[rows, None], x1) + 1).clamp_(min=0)
-    h = (torch.minimum(y2[rows, None], y2) - torch.maximum(y1[rows, None], y1) + 1).clamp_(min=0)
-    inter = w * h
-    iou = inter / (area[rows, None] + area - inter)
-    sup = iou >= iou_threshold
+    r, c = slice(start, stop), slice(start, None)
+    w = torch.minimum(x2[r, None], x2[c]).sub_(torch.maximum(x1[r, None], x1[c])).add_(1).clamp_(min=0)
+    h = torch.minimum(y2[r, None], y2[c]).sub_(torch.maximum(y1[r, None], y1[c])).add_(1).clamp_(min=0)
+    inter = w.mul_(h)
+    union = (area[r, None] + area[c]).sub_(inter)
+    sup = inter.div_(union) >= iou_threshold
     if labels is not None:
-        sup &= labels[rows, None] == labels
-    later = torch.arange(boxes.size(0), device=boxes.device) > torch.arange(start, stop, device=boxes.device)[:, None]
-    return sup & later
+        sup &= labels[r, None] == labels[c]
+    return sup.triu_(diagonal=1)
 
 
 def _nms_torch(boxes, scores, labels, iou_threshold):
-    """Pure-PyTorch NMS: IoU matrix with tensor ops, greedy pass over its rows."""
+    """Pure-PyTorch NMS: suppression matrix with tensor ops (in row chunks), greedy pass in numpy."""
     order = torch.sort(scores, descending=True, stable=True).indices
     boxes = boxes[order]
     if labels is not None:
         labels = labels[order]
     n = boxes.size(0)
-    removed = torch.zeros(n, dtype=torch.bool)
+    removed = np.zeros(n, dtype=bool)
     keep = []
     for start in range(0, n, _ROW_CHUNK):
         stop = min(start + _ROW_CHUNK, n)
-        sup = _suppression_rows(boxes, labels, start, stop, iou_threshold).cpu()
+        sup = _suppression_rows(boxes, labels, start, stop, iou_threshold).cpu().numpy()
         for i in range(start, stop):
             if not removed[i]:
                 keep.append(i)
-                removed |= sup[i - start]
+                removed[i:] |= sup[i - start, i - start:]
     keep = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     return order[keep]
 
+
+
+def _register_compiled():
+    """Fake tensor rules of the compiled ops (data-dependent output length) for torch.compile."""
+
+    def fake(boxes, *args):
+        n = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((n,), dtype=torch.int64)
+
+    torch.library.register_fake("atss::nms", fake)
+    torch.library.register_fake("atss::ml_nms", fake)
+
+
+if _ext.is_loaded():
+    _register_compiled()
