@@ -29,7 +29,7 @@ PY="$VENV/bin/python"
 
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        spec="${ATSS_TORCH:-torch>=2.0}"
+        spec="${ATSS_TORCH:-torch>=2.4}"
         echo "[setup] installing $spec (NVIDIA GPU found)"
         "$PY" -m pip install "$spec"
     else

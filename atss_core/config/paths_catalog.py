@@ -54,6 +54,9 @@ class DatasetCatalog:
             "coco/val2014", "coco/annotations/instances_valminusminival2014.json"),
         "coco128_train": ("coco128/train2017", "coco128/annotations/instances_train2017.json"),
         "coco128_val": ("coco128/val2017", "coco128/annotations/instances_val2017.json"),
+        # The built-in synthetic dataset (atss_core/data/synthetic.py).
+        "shapes_train": ("shapes/train", "shapes/annotations/instances_train.json"),
+        "shapes_val": ("shapes/val", "shapes/annotations/instances_val.json"),
     }
     _registered = {}
 
