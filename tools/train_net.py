@@ -1,0 +1,241 @@
+r"""Train an ATSS detector.
+
+    # one GPU (or the CPU with MODEL.DEVICE cpu)
+    python tools/train_net.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \
+        OUTPUT_DIR training_dir/atss_R_50_FPN_1x
+    # 8 GPUs
+    python -m torch.distributed.launch --nproc_per_node=8 tools/train_net.py \
+        --config-file configs/atss/atss_R_50_FPN_1x.yaml DATALOADER.NUM_WORKERS 2 \
+        OUTPUT_DIR training_dir/atss_R_50_FPN_1x
+    torchrun --nproc_per_node=8 tools/train_net.py --config-file ... (same options)
+
+``SOLVER.IMS_PER_BATCH`` is the batch over all processes. A run whose
+OUTPUT_DIR holds a ``last_checkpoint`` resumes from it (model, optimizer,
+scheduler, iteration). After training, the model is evaluated on
+``DATASETS.TEST`` unless ``--skip-test``. See docs/TRAINING.md.
+"""
+import argparse
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from atss_core.config import ConfigError, cfg as default_cfg, validate_config  # noqa: E402
+from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
+from atss_core.data import make_data_loader  # noqa: E402
+from atss_core.engine.inference import inference  # noqa: E402
+from atss_core.engine.trainer import (  # noqa: E402
+    NonFiniteLossError,
+    do_train,
+    make_grad_scaler,
+    seed_all_rng,
+    validate_training_config,
+)
+from atss_core.modeling.detector import build_detection_model  # noqa: E402
+from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
+from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
+from atss_core.utils.comm import get_rank, get_world_size, is_main_process, synchronize  # noqa: E402
+from atss_core.utils.io import atomic_write_text  # noqa: E402
+from atss_core.utils.logger import setup_logger  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train an ATSS detector")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    # torch.distributed.launch passes --local_rank (older) or --local-rank;
+    # torchrun sets $LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
+                        default=int(os.environ.get("LOCAL_RANK", 0)))
+    parser.add_argument("--skip-test", dest="skip_test", action="store_true",
+                        help="do not evaluate the final model on DATASETS.TEST")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base random seed; process r uses seed + r (default 0)")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="config options to override, as KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    flags = [opt for opt in args.opts or [] if opt.startswith("--")]
+    if flags:
+        parser.error(f"{' '.join(flags)}: put the --options before the config KEY VALUE pairs")
+    return args
+
+
+def load_config(args):
+    """The default config merged with ``--config-file`` and the trailing options,
+    validated and frozen."""
+    cfg = default_cfg.clone()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    validate_config(cfg)
+    validate_training_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def init_distributed(cfg, local_rank):
+    """Join the process group when launched with several processes ($WORLD_SIZE
+    > 1): NCCL for ``MODEL.DEVICE cuda``, Gloo for cpu. Returns the device of this
+    process."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but torch sees no GPU; pass MODEL.DEVICE cpu to train on the CPU"
+            )
+        if world_size > 1:
+            if device.index is not None:
+                raise ConfigError(
+                    f"MODEL.DEVICE {cfg.MODEL.DEVICE} names one GPU, but {world_size} processes were "
+                    "launched; use MODEL.DEVICE cuda (each process takes the GPU of its local rank)"
+                )
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process with local rank {local_rank} has no GPU: only {torch.cuda.device_count()} "
+                    "are visible; launch at most that many processes per node"
+                )
+            device = torch.device("cuda", local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, init_method="env://")
+        synchronize()
+    return device
+
+
+def run_test(cfg, model, distributed, output_root):
+    """Evaluate ``model`` (not wrapped in DDP) on every dataset of ``DATASETS.TEST``,
+    writing to ``output_root/<dataset name>/`` (nothing written when
+    ``output_root`` is None). Returns ``{name: metrics}`` (metrics None on
+    processes other than the main one)."""
+    if not cfg.DATASETS.TEST:
+        return {}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    results = {}
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
+    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
+        output_folder = os.path.join(output_root, dataset_name) if output_root else None
+        if output_folder and is_main_process():
+            os.makedirs(output_folder, exist_ok=True)
+        results[dataset_name] = inference(
+            model,
+            data_loader,
+            dataset_name=dataset_name,
+            device=cfg.MODEL.DEVICE,
+            output_folder=output_folder,
+            bbox_aug=cfg if cfg.TEST.BBOX_AUG.ENABLED else False,
+            expected_results=cfg.TEST.EXPECTED_RESULTS,
+            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
+        )
+        synchronize()
+    return results
+
+
+def train(cfg, device, seed, skip_test=False):
+    """Build everything from ``cfg``, train (resuming from ``OUTPUT_DIR`` when it
+    holds a checkpoint) and return the trained model (without the DDP wrapper)."""
+    distributed = get_world_size() > 1
+    seed_all_rng(seed + get_rank())
+    model = build_detection_model(cfg)
+    model.to(device)
+    if cfg.MODEL.USE_SYNCBN and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    grad_scaler = make_grad_scaler(cfg.SOLVER.MIXED_PRECISION, device)
+    checkpointer = DetectronCheckpointer(
+        cfg, model, optimizer, scheduler, save_dir=cfg.OUTPUT_DIR, save_to_disk=is_main_process()
+    )
+    extra = checkpointer.load(cfg.MODEL.WEIGHT)
+    start_iter = int(extra.get("iteration", 0))
+    if grad_scaler is not None and "grad_scaler" in extra:
+        grad_scaler.load_state_dict(extra["grad_scaler"])
+
+    train_model = model
+    if distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            output_device=device.index if device.type == "cuda" else None,
+        )
+
+    data_loader = make_data_loader(cfg, is_train=True, is_distributed=distributed, start_iter=start_iter)
+
+    def evaluate(iteration):
+        output_root = os.path.join(cfg.OUTPUT_DIR, "inference", f"iter_{iteration:07d}") if cfg.OUTPUT_DIR else None
+        run_test(cfg, model, distributed, output_root)
+
+    do_train(
+        train_model,
+        data_loader,
+        optimizer,
+        scheduler,
+        checkpointer,
+        device,
+        start_iter=start_iter,
+        max_iter=cfg.SOLVER.MAX_ITER,
+        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
+        log_period=cfg.SOLVER.LOG_PERIOD,
+        mixed_precision=cfg.SOLVER.MIXED_PRECISION,
+        grad_scaler=grad_scaler,
+        eval_period=0 if skip_test else cfg.TEST.EVAL_PERIOD,
+        eval_fn=evaluate,
+        metrics_path=os.path.join(cfg.OUTPUT_DIR, "train_metrics.jsonl") if cfg.OUTPUT_DIR else None,
+    )
+    return model
+
+
+def _environment_summary(device):
+    lines = [
+        f"Python {platform.python_version()}, PyTorch {torch.__version__}, platform {platform.platform()}",
+        f"device {device}, {get_world_size()} process(es)",
+    ]
+    if device.type == "cuda":
+        lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
+    else:
+        lines.append(f"{torch.get_num_threads()} CPU threads per process")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
+    device = init_distributed(cfg, args.local_rank)
+    try:
+        output_dir = cfg.OUTPUT_DIR
+        if output_dir and is_main_process():
+            os.makedirs(output_dir, exist_ok=True)
+        logger = setup_logger("atss_core", output_dir, get_rank())
+        logger.info("Command line arguments: %s", args)
+        logger.info("Environment:\n%s", _environment_summary(device))
+        if args.config_file:
+            with open(args.config_file) as f:
+                logger.info("Config file %s:\n%s", args.config_file, f.read())
+        logger.info("Running with config:\n%s", cfg.dump())
+        if output_dir and is_main_process():
+            path = os.path.join(output_dir, "config.yml")
+            atomic_write_text(cfg.dump(), path)
+            logger.info("Saved the config to %s", path)
+
+        model = train(cfg, device, args.seed, skip_test=args.skip_test)
+        if not args.skip_test:
+            output_root = os.path.join(output_dir, "inference") if output_dir else None
+            run_test(cfg, model, get_world_size() > 1, output_root)
+        return model
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError, NonFiniteLossError) as e:
+        sys.exit(f"train_net.py: error: {e}")
