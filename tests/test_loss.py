@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-from conftest import load_cfg
 from test_sample_selection import loop_select, make_anchors, random_boxes
 
 from atss_core.config import cfg as default_cfg

@@ -292,4 +292,4 @@ def test_train_net_refuses_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = train_net.load_config(train_net.parse_args(["MODEL.DEVICE", "cuda"]))
     with pytest.raises(ConfigError, match="torch sees no GPU; pass MODEL.DEVICE cpu"):
-        train_net.init_distributed(cfg, 0)
+        train_net.init_process(cfg.MODEL.DEVICE, 0)

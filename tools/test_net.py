@@ -20,7 +20,6 @@ docs/EVALUATION.md.
 """
 import argparse
 import os
-import platform
 import sys
 
 import torch
@@ -35,7 +34,14 @@ from atss_core.engine.coco_eval import EvaluationError  # noqa: E402
 from atss_core.engine.inference import inference  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
-from atss_core.utils.comm import get_rank, get_world_size, is_main_process, synchronize  # noqa: E402
+from atss_core.utils.comm import (  # noqa: E402
+    environment_summary,
+    get_rank,
+    get_world_size,
+    init_process,
+    is_main_process,
+    synchronize,
+)
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
@@ -77,44 +83,6 @@ def load_config(args):
     return cfg
 
 
-def init_distributed(cfg, local_rank):
-    """Join the process group when launched with several processes
-    ($WORLD_SIZE > 1): NCCL for ``MODEL.DEVICE cuda``, Gloo for cpu. Returns
-    this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("MODEL.DEVICE is cuda but torch sees no GPU; pass MODEL.DEVICE cpu "
-                              "to evaluate on the CPU")
-        if world_size > 1:
-            if local_rank >= torch.cuda.device_count():
-                raise ConfigError(
-                    f"process with local rank {local_rank} has no GPU: only "
-                    f"{torch.cuda.device_count()} are visible; launch at most that many processes "
-                    "per node"
-                )
-            device = torch.device("cuda", local_rank)
-        elif device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    if world_size > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, init_method="env://")
-        synchronize()
-    return device
-
-
-def _environment(device):
-    lines = [f"Python {platform.python_version()}, PyTorch {torch.__version__}, "
-             f"{platform.platform()}", f"device {device}, {get_world_size()} process(es)"]
-    if device.type == "cuda":
-        lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
-    else:
-        lines.append(f"{torch.get_num_threads()} CPU threads per process")
-    return "\n".join(lines)
-
-
 def run_test(cfg, model, device, per_class_ap=False, warmup_iters=3):
     """Evaluate ``model`` on every dataset of ``DATASETS.TEST``; returns
     ``{dataset name: metrics}`` on the main process (None values elsewhere and
@@ -146,13 +114,13 @@ def run_test(cfg, model, device, per_class_ap=False, warmup_iters=3):
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
-    device = init_distributed(cfg, args.local_rank)
+    device = init_process(cfg.MODEL.DEVICE, args.local_rank)
     try:
         if is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         logger = setup_logger("atss_core", cfg.OUTPUT_DIR, get_rank(), filename="test_log.txt")
         logger.info("Command line arguments: %s", args)
-        logger.info("Environment:\n%s", _environment(device))
+        logger.info("Environment:\n%s", environment_summary(device))
         logger.info("Running with config:\n%s", cfg.dump())
 
         model = build_detection_model(cfg)

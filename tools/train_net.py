@@ -16,7 +16,6 @@ scheduler, iteration). After training, the model is evaluated on
 """
 import argparse
 import os
-import platform
 import sys
 
 import torch
@@ -37,7 +36,14 @@ from atss_core.engine.trainer import (  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
-from atss_core.utils.comm import get_rank, get_world_size, is_main_process, synchronize  # noqa: E402
+from atss_core.utils.comm import (  # noqa: E402
+    environment_summary,
+    get_rank,
+    get_world_size,
+    init_process,
+    is_main_process,
+    synchronize,
+)
 from atss_core.utils.io import atomic_write_text  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
@@ -73,39 +79,6 @@ def load_config(args):
     validate_training_config(cfg)
     cfg.freeze()
     return cfg
-
-
-def init_distributed(cfg, local_rank):
-    """Join the process group when launched with several processes ($WORLD_SIZE
-    > 1): NCCL for ``MODEL.DEVICE cuda``, Gloo for cpu. Returns the device of this
-    process."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device(cfg.MODEL.DEVICE)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but torch sees no GPU; pass MODEL.DEVICE cpu to train on the CPU"
-            )
-        if world_size > 1:
-            if device.index is not None:
-                raise ConfigError(
-                    f"MODEL.DEVICE {cfg.MODEL.DEVICE} names one GPU, but {world_size} processes were "
-                    "launched; use MODEL.DEVICE cuda (each process takes the GPU of its local rank)"
-                )
-            if local_rank >= torch.cuda.device_count():
-                raise ConfigError(
-                    f"process with local rank {local_rank} has no GPU: only {torch.cuda.device_count()} "
-                    "are visible; launch at most that many processes per node"
-                )
-            device = torch.device("cuda", local_rank)
-        elif device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    if world_size > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, init_method="env://")
-        synchronize()
-    return device
 
 
 def run_test(cfg, model, distributed, output_root):
@@ -192,29 +165,17 @@ def train(cfg, device, seed, skip_test=False):
     return model
 
 
-def _environment_summary(device):
-    lines = [
-        f"Python {platform.python_version()}, PyTorch {torch.__version__}, platform {platform.platform()}",
-        f"device {device}, {get_world_size()} process(es)",
-    ]
-    if device.type == "cuda":
-        lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
-    else:
-        lines.append(f"{torch.get_num_threads()} CPU threads per process")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
-    device = init_distributed(cfg, args.local_rank)
+    device = init_process(cfg.MODEL.DEVICE, args.local_rank)
     try:
         output_dir = cfg.OUTPUT_DIR
         if output_dir and is_main_process():
             os.makedirs(output_dir, exist_ok=True)
         logger = setup_logger("atss_core", output_dir, get_rank())
         logger.info("Command line arguments: %s", args)
-        logger.info("Environment:\n%s", _environment_summary(device))
+        logger.info("Environment:\n%s", environment_summary(device))
         if args.config_file:
             with open(args.config_file) as f:
                 logger.info("Config file %s:\n%s", args.config_file, f.read())

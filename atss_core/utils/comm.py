@@ -1,10 +1,14 @@
 """Helpers for single- and multi-process (torch.distributed) runs.
 
 Every function works without torch.distributed initialised (one process)."""
+import os
 import pickle
+import platform
 
 import torch
 import torch.distributed as dist
+
+from atss_core.config import ConfigError
 
 
 def is_dist():
@@ -77,3 +81,53 @@ def reduce_dict(input_dict, average=True):
         if average:
             values /= world_size
         return dict(zip(names, values))
+
+
+def init_process(device_name, local_rank):
+    """Set up this process of a run and return its device.
+
+    Launched with several processes (``$WORLD_SIZE`` > 1, as
+    ``torch.distributed.launch`` and ``torchrun`` do), it joins the process group:
+    NCCL when ``device_name`` is cuda (each process takes the GPU of its local
+    rank), Gloo for cpu. Raises ConfigError (naming MODEL.DEVICE) when the
+    device cannot be used."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"MODEL.DEVICE is {device_name} but torch sees no GPU; pass MODEL.DEVICE cpu to run on the CPU"
+            )
+        if world_size > 1:
+            if device.index is not None:
+                raise ConfigError(
+                    f"MODEL.DEVICE {device_name} names one GPU, but {world_size} processes were "
+                    "launched; use MODEL.DEVICE cuda (each process takes the GPU of its local rank)"
+                )
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process with local rank {local_rank} has no GPU: only {torch.cuda.device_count()} "
+                    "are visible; launch at most that many processes per node"
+                )
+            device = torch.device("cuda", local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+        synchronize()
+    return device
+
+
+def environment_summary(device):
+    """Python, PyTorch, platform, device and process count, for the log."""
+    lines = [
+        f"Python {platform.python_version()}, PyTorch {torch.__version__}, platform {platform.platform()}",
+        f"device {device}, {get_world_size()} process(es)",
+    ]
+    if device.type == "cuda":
+        lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
+    else:
+        lines.append(f"{torch.get_num_threads()} CPU threads per process")
+    return "\n".join(lines)
