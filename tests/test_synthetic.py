@@ -162,6 +162,9 @@ def test_ensure_reuses_then_regenerates_on_other_parameters(tmp_path):
     _, generated = ensure_shapes_dataset(root, **{**SMALL, "seed": 4})
     assert generated and len(os.listdir(image_dir)) == SMALL["num_val"]
     assert not [n for n in os.listdir(root) if n.startswith(".")]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(folder).st_mode & 0o777 == 0o777 & ~umask  # readable as any folder made here
 
 
 def test_never_replaces_a_folder_it_did_not_write(tmp_path):
@@ -208,3 +211,12 @@ def test_command_line(tmp_path, capsys):
     synthetic.main(["--root", str(tmp_path), "--num-train", "3", "--num-val", "2", "--image-size", "80"])
     assert "up to date" in capsys.readouterr().out
     assert read_manifest(str(tmp_path))["image_size"] == [80, 80]
+
+
+def test_building_a_catalog_shapes_dataset_generates_it(tmp_path, monkeypatch):
+    from atss_core.data import build_dataset
+
+    monkeypatch.setenv("ATSS_DATA_DIR", str(tmp_path))
+    datasets = build_dataset(["shapes_val"], transforms=None, is_train=False)
+    assert len(datasets[0]) > 0
+    assert (tmp_path / "shapes" / "annotations" / "instances_val.json").is_file()

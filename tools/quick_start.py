@@ -254,14 +254,15 @@ def main(argv=None):
     output_dir = os.path.abspath(args.output_dir)
     data_dir = os.path.abspath(args.data_dir or data_root())
     device = resolve_device(args.device)
-    overrides = ["MODEL.DEVICE", device, "OUTPUT_DIR", output_dir, *args.opts]
-    cfg = load_config(config_file, overrides)
+    # Config overrides of both tools: the device and output folder, then the user's.
+    tail = ["MODEL.DEVICE", device, "OUTPUT_DIR", output_dir, *args.opts]
+    cfg = load_config(config_file, tail)
     for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
         if name not in ("shapes_train", "shapes_val"):
             raise QuickStartError(
                 f"the quick start trains on the synthetic shapes dataset, but the config names "
                 f"{name!r}; for other data use tools/train_net.py and tools/test_net.py "
-                "(docs/QUICK_START.md, 'Your own data / COCO')")
+                "(docs/QUICK_START.md, 'The same commands on COCO')")
     if args.fresh:
         _remove_previous_run(output_dir)
     env = tool_environment(data_dir, device)
@@ -277,8 +278,8 @@ def main(argv=None):
           f"{dataset_time:.1f} s)", flush=True)
 
     python = sys.executable
-    config_arg = os.path.relpath(config_file, REPO_ROOT) if config_file.startswith(REPO_ROOT) else config_file
-    tail = ["MODEL.DEVICE", device, "OUTPUT_DIR", output_dir, *args.opts]
+    in_repo = os.path.commonpath([config_file, REPO_ROOT]) == REPO_ROOT
+    config_arg = os.path.relpath(config_file, REPO_ROOT) if in_repo else config_file
     train_time = run_tool(
         f"Training on {device} (log: {os.path.join(output_dir, 'log.txt')})",
         [python, os.path.join("tools", "train_net.py"), "--config-file", config_arg, "--skip-test",

@@ -28,6 +28,7 @@ from .samplers import (
     InferenceSampler,
     IterationBasedBatchSampler,
 )
+from .synthetic import ensure_catalog_dataset
 from .transforms import build_transforms
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ _FACTORIES = {"COCODataset": D.COCODataset}
 
 def _resolve(name):
     """Factory and constructor arguments of catalog dataset ``name``, with its
-    files checked."""
+    files checked. The built-in synthetic datasets are generated on first use."""
+    ensure_catalog_dataset(name)
     spec = DatasetCatalog.get(name)
     factory = spec["factory"]
     if factory not in _FACTORIES:

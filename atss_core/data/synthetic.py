@@ -322,6 +322,9 @@ def generate_shapes_dataset(root, name=DEFAULT_NAME, num_train=DEFAULTS["num_tra
         )
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the dataset is not
     try:
         width, height = manifest["image_size"]
         for split in ("train", "val"):
