@@ -15,6 +15,19 @@ if REPO_ROOT not in sys.path:
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from atss_core.layers import _ext  # noqa: E402
+
+# Kernel tests: skipped, saying why, where the compiled extension or a GPU is missing.
+needs_ext = pytest.mark.skipif(
+    not _ext.is_loaded(),
+    reason=f"atss_core._C is not built ({_ext.LOAD_ERROR}); pip install --no-build-isolation -e .",
+)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+needs_cuda_ext = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _ext.with_cuda()),
+    reason="needs a CUDA device and atss_core._C built with CUDA (FORCE_CUDA=1)",
+)
+
 
 def requires_reference():
     return pytest.mark.skipif(

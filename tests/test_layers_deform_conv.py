@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_cuda_ext, needs_ext
+
 from atss_core.layers import _ext
 from atss_core.layers.deform_conv import (
     DeformConv,
@@ -14,15 +16,6 @@ from atss_core.layers.deform_conv import (
     modulated_deform_conv,
 )
 
-needs_ext = pytest.mark.skipif(
-    not _ext.is_loaded(),
-    reason=f"atss_core._C is not built ({_ext.LOAD_ERROR}); pip install --no-build-isolation -e .",
-)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-needs_cuda_ext = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.with_cuda()),
-    reason="needs a CUDA device and atss_core._C built with CUDA (FORCE_CUDA=1)",
-)
 PATHS = ["fallback", pytest.param("compiled", marks=needs_ext)]
 
 # (N, C_in, H, W, C_out, (kh, kw), stride, padding, dilation, groups, deformable_groups)

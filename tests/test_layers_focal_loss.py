@@ -2,17 +2,11 @@
 import pytest
 import torch
 
+from conftest import needs_cuda_ext, needs_ext
+
 from atss_core.layers import _ext
 from atss_core.layers.sigmoid_focal_loss import SigmoidFocalLoss, _focal_loss_torch, sigmoid_focal_loss
 
-needs_ext = pytest.mark.skipif(
-    not _ext.is_loaded(),
-    reason=f"atss_core._C is not built ({_ext.LOAD_ERROR}); pip install --no-build-isolation -e .",
-)
-needs_cuda_ext = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.with_cuda()),
-    reason="needs a CUDA device and atss_core._C built with CUDA (FORCE_CUDA=1)",
-)
 PATHS = ["fallback", pytest.param("compiled", marks=needs_ext)]
 
 

@@ -5,18 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_cuda, needs_cuda_ext, needs_ext
+
 from atss_core.layers import _ext
 from atss_core.layers.nms import _nms_torch, ml_nms, nms
 
-needs_ext = pytest.mark.skipif(
-    not _ext.is_loaded(),
-    reason=f"atss_core._C is not built ({_ext.LOAD_ERROR}); pip install --no-build-isolation -e .",
-)
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-needs_cuda_ext = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext.with_cuda()),
-    reason="needs a CUDA device and atss_core._C built with CUDA (FORCE_CUDA=1)",
-)
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
