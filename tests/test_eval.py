@@ -246,7 +246,7 @@ def test_foreign_image_and_category_ids_are_errors(tmp_path, ann_file):
     with pytest.raises(EvaluationError, match="does not exist"):
         evaluate_results_file(path, str(tmp_path / "missing.json"))
     (tmp_path / "broken.json").write_text("[{")
-    with pytest.raises(EvaluationError, match="not valid json"):
+    with pytest.raises(EvaluationError, match="not valid JSON"):
         evaluate_results_file(str(tmp_path / "broken.json"), ann_file)
 
 

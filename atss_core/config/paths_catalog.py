@@ -25,8 +25,9 @@ Pretrained weights
     folder, ``$ATSS_WEIGHTS_DIR`` when set, else ``~/.cache/atss/weights``. See
     INSTALL.md for where to get each file.
 """
-import json
 import os
+
+from atss_core.utils.io import read_json
 
 
 class DatasetNotFoundError(KeyError):
@@ -70,13 +71,7 @@ class DatasetCatalog:
     def _from_env_files(cls):
         entries = {}
         for path in filter(None, os.environ.get("ATSS_DATASETS", "").split(os.pathsep)):
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as e:
-                raise DatasetNotFoundError(
-                    f"cannot read the dataset list {path} named by $ATSS_DATASETS: {e}"
-                ) from None
+            data = read_json(path, f"dataset list {path} named by $ATSS_DATASETS", DatasetNotFoundError)
             for name, spec in data.items():
                 if not {"img_dir", "ann_file"} <= set(spec):
                     raise DatasetNotFoundError(

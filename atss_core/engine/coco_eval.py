@@ -23,7 +23,6 @@ Conventions
 """
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from atss_core.utils.io import atomic_write_json
+from atss_core.utils.io import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -349,13 +348,7 @@ def do_coco_evaluation(dataset, predictions, output_folder, dataset_name, per_cl
 def load_results_file(path):
     """The list in a COCO results json file (``bbox.json``), with a clear error
     for a missing or malformed file."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except OSError as e:
-        raise EvaluationError(f"cannot read the results file {path}: {e}") from None
-    except ValueError as e:
-        raise EvaluationError(f"the results file {path} is not valid json: {e}") from None
+    results = read_json(path, f"results file {path}", EvaluationError)
     if not isinstance(results, list):
         raise EvaluationError(
             f"the results file {path} must hold a list of detections, got {type(results).__name__}"

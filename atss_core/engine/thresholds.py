@@ -23,7 +23,6 @@ kept when ``score >= threshold[its class]``.
 """
 import contextlib
 import io
-import json
 import logging
 import math
 from collections import OrderedDict
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from atss_core.utils.io import atomic_write_json
+from atss_core.utils.io import atomic_write_json, read_json
 
 from .coco_eval import EvaluationError, results_to_coco, has_annotations, validate_results
 
@@ -208,13 +207,7 @@ def load_class_thresholds(path, class_names, default=None):
         the background, is 0 and unused). Keep a detection when
         ``score >= thresholds[label]``.
     """
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise EvaluationError(f"cannot read the class thresholds file {path}: {e}") from None
-    except ValueError as e:
-        raise EvaluationError(f"the class thresholds file {path} is not valid json: {e}") from None
+    data = read_json(path, f"class thresholds file {path}", EvaluationError)
     if not isinstance(data, dict):
         raise EvaluationError(
             f"the class thresholds file {path} must hold an object {{class name: threshold}}, "

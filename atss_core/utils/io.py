@@ -1,4 +1,5 @@
-"""Atomic writes: a crash or a kill never leaves a truncated result behind.
+"""Reading JSON with errors that name the file, and atomic writes: a crash or a
+kill never leaves a truncated result behind.
 
 Each writer writes a temporary file in the destination folder, flushes it to
 disk and renames it over the destination (``os.replace`` is atomic on POSIX
@@ -9,6 +10,23 @@ import os
 import tempfile
 
 import torch
+
+
+def read_json(path, what, error=ValueError, unreadable_error=None):
+    """The parsed content of the JSON file ``path``.
+
+    ``what`` describes the file in messages, path included (e.g.
+    ``f"results file {path}"``). A file that cannot be opened raises
+    ``unreadable_error`` (default: ``error``) "cannot read the <what>: <reason>";
+    invalid JSON raises ``error`` "the <what> is not valid JSON: <reason>".
+    """
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise (unreadable_error or error)(f"cannot read the {what}: {e}") from None
+    except ValueError as e:
+        raise error(f"the {what} is not valid JSON: {e}") from None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """COCO-format detection dataset (boxes only) on pycocotools, images read with OpenCV."""
 import contextlib
 import io
-import json
 import logging
 import os
 
@@ -10,6 +9,7 @@ import torch
 from pycocotools.coco import COCO
 
 from atss_core.structures.bounding_box import BoxList
+from atss_core.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,7 @@ def has_valid_annotation(anns):
 def _load_coco(ann_file, dataset_name):
     """pycocotools ``COCO`` of ``ann_file``, checked for what this dataset uses."""
     where = f"annotation file {ann_file} of dataset {dataset_name!r}"
-    try:
-        with open(ann_file) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read the {where}: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"the {where} is not valid JSON: {e}") from None
+    data = read_json(ann_file, where, ValueError, unreadable_error=FileNotFoundError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"the {where} has no 'images' list; is it a COCO-format json?")
     if not isinstance(data.get("categories"), list):
