@@ -249,6 +249,13 @@ def test_test_net_config_errors():
     assert tool.parse_args(["--local_rank", "3"]).local_rank == 3
 
 
+def test_test_net_refuses_options_after_config_pairs(capsys):
+    tool = load_test_net()
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--config-file", CONFIG, "MODEL.WEIGHT", "x.pth", "--per-class-ap"])
+    assert "--per-class-ap: put the --options before the config KEY VALUE pairs" in capsys.readouterr().err
+
+
 @needs_coco128
 def test_test_net_use_last_checkpoint_and_errors(tmp_path, checkpoint):
     # A training run's folder: --use-last-checkpoint evaluates its last checkpoint.

@@ -18,7 +18,6 @@ timing, per-class AP with ``--per-class-ap``); the log goes to the console and
 ``OUTPUT_DIR/last_checkpoint`` instead (the last one of a training run). See
 docs/EVALUATION.md.
 """
-import argparse
 import os
 import sys
 
@@ -26,51 +25,38 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atss_core.config import ConfigError, cfg as default_cfg, validate_config  # noqa: E402
+from atss_core.config import ConfigError  # noqa: E402
 from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
-from atss_core.data import make_data_loader  # noqa: E402
-from atss_core.engine.bbox_aug import build_bbox_aug  # noqa: E402
+from atss_core.engine import defaults  # noqa: E402
 from atss_core.engine.coco_eval import EvaluationError  # noqa: E402
-from atss_core.engine.inference import inference  # noqa: E402
+from atss_core.engine.defaults import config_from_args, default_argument_parser  # noqa: E402
+from atss_core.engine.inference import inference_on_datasets  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
 from atss_core.utils.comm import (  # noqa: E402
     environment_summary,
     get_rank,
-    get_world_size,
     init_process,
     is_main_process,
-    synchronize,
 )
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate an ATSS detector on COCO")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
-    # torch.distributed.launch passes --local_rank (older) or --local-rank;
-    # torchrun sets $LOCAL_RANK instead.
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
-                        default=int(os.environ.get("LOCAL_RANK", 0)))
+    parser = default_argument_parser("Evaluate an ATSS detector on COCO")
     parser.add_argument("--per-class-ap", dest="per_class_ap", action="store_true",
                         help="also report the AP of every category (log and metrics.json)")
     parser.add_argument("--use-last-checkpoint", dest="use_last_checkpoint", action="store_true",
                         help="load OUTPUT_DIR/last_checkpoint instead of MODEL.WEIGHT")
     parser.add_argument("--warmup-iters", dest="warmup_iters", type=int, default=3,
                         help="batches per process left out of the timing (default 3)")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config options to override, as KEY VALUE pairs")
-    return parser.parse_args(argv)
+    return defaults.parse_args(parser, argv)
 
 
 def load_config(args):
     """The default config merged with ``--config-file`` and the trailing
     options, validated and frozen."""
-    cfg = default_cfg.clone()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    validate_config(cfg)
+    cfg = config_from_args(args)
     if args.warmup_iters < 0:
         raise ConfigError(f"--warmup-iters must be >= 0, got {args.warmup_iters}")
     if not cfg.DATASETS.TEST:
@@ -81,34 +67,6 @@ def load_config(args):
                           "MODEL.WEIGHT ATSS_R_50_FPN_1x.pth (or --use-last-checkpoint)")
     cfg.freeze()
     return cfg
-
-
-def run_test(cfg, model, device, per_class_ap=False, warmup_iters=3):
-    """Evaluate ``model`` on every dataset of ``DATASETS.TEST``; returns
-    ``{dataset name: metrics}`` on the main process (None values elsewhere and
-    for splits without annotations)."""
-    distributed = get_world_size() > 1
-    bbox_aug = build_bbox_aug(cfg)
-    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    results = {}
-    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        if is_main_process():
-            os.makedirs(output_folder, exist_ok=True)
-        results[dataset_name] = inference(
-            model,
-            data_loader,
-            dataset_name=dataset_name,
-            device=device,
-            output_folder=output_folder,
-            bbox_aug=bbox_aug,
-            per_class_ap=per_class_ap,
-            warmup_iters=warmup_iters,
-            expected_results=cfg.TEST.EXPECTED_RESULTS,
-            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
-        )
-        synchronize()
-    return results
 
 
 def main(argv=None):
@@ -138,8 +96,10 @@ def main(argv=None):
                 cfg.MODEL.WEIGHT,
             )
         checkpointer.load(cfg.MODEL.WEIGHT, use_latest=args.use_last_checkpoint)
-        return run_test(cfg, model, device, per_class_ap=args.per_class_ap,
-                        warmup_iters=args.warmup_iters)
+        return inference_on_datasets(
+            cfg, model, device, output_root=os.path.join(cfg.OUTPUT_DIR, "inference"),
+            per_class_ap=args.per_class_ap, warmup_iters=args.warmup_iters,
+        )
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

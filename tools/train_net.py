@@ -14,7 +14,6 @@ OUTPUT_DIR holds a ``last_checkpoint`` resumes from it (model, optimizer,
 scheduler, iteration). After training, the model is evaluated on
 ``DATASETS.TEST`` unless ``--skip-test``. See docs/TRAINING.md.
 """
-import argparse
 import os
 import sys
 
@@ -22,10 +21,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atss_core.config import ConfigError, cfg as default_cfg, validate_config  # noqa: E402
+from atss_core.config import ConfigError  # noqa: E402
 from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
 from atss_core.data import make_data_loader  # noqa: E402
-from atss_core.engine.inference import inference  # noqa: E402
+from atss_core.engine import defaults  # noqa: E402
+from atss_core.engine.defaults import config_from_args, default_argument_parser  # noqa: E402
+from atss_core.engine.inference import inference_on_datasets  # noqa: E402
 from atss_core.engine.trainer import (  # noqa: E402
     NonFiniteLossError,
     do_train,
@@ -42,72 +43,27 @@ from atss_core.utils.comm import (  # noqa: E402
     get_world_size,
     init_process,
     is_main_process,
-    synchronize,
 )
 from atss_core.utils.io import atomic_write_text  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train an ATSS detector")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
-    # torch.distributed.launch passes --local_rank (older) or --local-rank;
-    # torchrun sets $LOCAL_RANK instead.
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
-                        default=int(os.environ.get("LOCAL_RANK", 0)))
+    parser = default_argument_parser("Train an ATSS detector")
     parser.add_argument("--skip-test", dest="skip_test", action="store_true",
                         help="do not evaluate the final model on DATASETS.TEST")
     parser.add_argument("--seed", type=int, default=0,
                         help="base random seed; process r uses seed + r (default 0)")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="config options to override, as KEY VALUE pairs")
-    args = parser.parse_args(argv)
-    flags = [opt for opt in args.opts or [] if opt.startswith("--")]
-    if flags:
-        parser.error(f"{' '.join(flags)}: put the --options before the config KEY VALUE pairs")
-    return args
+    return defaults.parse_args(parser, argv)
 
 
 def load_config(args):
     """The default config merged with ``--config-file`` and the trailing options,
     validated and frozen."""
-    cfg = default_cfg.clone()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    validate_config(cfg)
+    cfg = config_from_args(args)
     validate_training_config(cfg)
     cfg.freeze()
     return cfg
-
-
-def run_test(cfg, model, distributed, output_root):
-    """Evaluate ``model`` (not wrapped in DDP) on every dataset of ``DATASETS.TEST``,
-    writing to ``output_root/<dataset name>/`` (nothing written when
-    ``output_root`` is None). Returns ``{name: metrics}`` (metrics None on
-    processes other than the main one)."""
-    if not cfg.DATASETS.TEST:
-        return {}
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    results = {}
-    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=distributed)
-    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
-        output_folder = os.path.join(output_root, dataset_name) if output_root else None
-        if output_folder and is_main_process():
-            os.makedirs(output_folder, exist_ok=True)
-        results[dataset_name] = inference(
-            model,
-            data_loader,
-            dataset_name=dataset_name,
-            device=cfg.MODEL.DEVICE,
-            output_folder=output_folder,
-            bbox_aug=cfg if cfg.TEST.BBOX_AUG.ENABLED else False,
-            expected_results=cfg.TEST.EXPECTED_RESULTS,
-            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
-        )
-        synchronize()
-    return results
 
 
 def train(cfg, device, seed, skip_test=False):
@@ -143,7 +99,7 @@ def train(cfg, device, seed, skip_test=False):
 
     def evaluate(iteration):
         output_root = os.path.join(cfg.OUTPUT_DIR, "inference", f"iter_{iteration:07d}") if cfg.OUTPUT_DIR else None
-        run_test(cfg, model, distributed, output_root)
+        inference_on_datasets(cfg, model, device, output_root)
 
     do_train(
         train_model,
@@ -188,7 +144,7 @@ def main(argv=None):
         model = train(cfg, device, args.seed, skip_test=args.skip_test)
         if not args.skip_test:
             output_root = os.path.join(output_dir, "inference") if output_dir else None
-            run_test(cfg, model, get_world_size() > 1, output_root)
+            inference_on_datasets(cfg, model, device, output_root)
         return model
     finally:
         if torch.distributed.is_initialized():

@@ -22,11 +22,13 @@ summed over processes and divided by the number of timed images, i.e. seconds
 per image on one device.
 """
 import logging
+import os
 import time
 
 import torch
 from tqdm import tqdm
 
+from atss_core.data import make_data_loader
 from atss_core.utils.comm import all_gather, get_world_size, is_main_process, synchronize
 
 from .bbox_aug import BBoxAug, build_bbox_aug
@@ -218,3 +220,36 @@ def inference(model, data_loader, dataset_name, device="cuda", output_folder=Non
     if metrics is not None and expected_results:
         check_expected_results(metrics, expected_results, expected_results_sigma_tol)
     return metrics
+
+
+def inference_on_datasets(cfg, model, device, output_root=None, per_class_ap=False, warmup_iters=3):
+    """Evaluate ``model`` (not wrapped in DDP) on every dataset of
+    ``cfg.DATASETS.TEST`` with :func:`inference`, writing to
+    ``output_root/<dataset name>/`` (nothing written when ``output_root`` is None).
+    Every process must call it. Returns ``{dataset name: metrics}`` (metrics None
+    on processes other than the main one and for splits without annotations)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    results = {}
+    if not cfg.DATASETS.TEST:
+        return results
+    bbox_aug = build_bbox_aug(cfg)
+    data_loaders = make_data_loader(cfg, is_train=False, is_distributed=get_world_size() > 1)
+    for dataset_name, data_loader in zip(cfg.DATASETS.TEST, data_loaders):
+        output_folder = os.path.join(output_root, dataset_name) if output_root else None
+        if output_folder and is_main_process():
+            os.makedirs(output_folder, exist_ok=True)
+        results[dataset_name] = inference(
+            model,
+            data_loader,
+            dataset_name=dataset_name,
+            device=device,
+            output_folder=output_folder,
+            bbox_aug=bbox_aug,
+            per_class_ap=per_class_ap,
+            warmup_iters=warmup_iters,
+            expected_results=cfg.TEST.EXPECTED_RESULTS,
+            expected_results_sigma_tol=cfg.TEST.EXPECTED_RESULTS_SIGMA_TOL,
+        )
+        synchronize()
+    return results
