@@ -1,10 +1,10 @@
 """Benchmark the compiled kernels of atss_core._C.
 
-CPU mode compares each compiled kernel with the pure-PyTorch fallback of the same
-function; GPU mode also compares with torchvision.ops (nms, batched_nms,
-deform_conv2d, sigmoid_focal_loss) when torchvision imports. Same inputs, same
-device; each number is the median wall time of ``--repeats`` runs after warm-up.
-Prints a markdown table.
+Compares each compiled kernel with the pure-PyTorch fallback of the same function
+and, when torchvision imports, with torchvision.ops (nms, batched_nms,
+sigmoid_focal_loss, deform_conv2d) on CPU and GPU alike. Same inputs, same device;
+each number is the median wall time of ``--repeats`` runs after warm-up. Prints a
+markdown table.
 
     python benchmarks/bench_kernels.py --device cpu [--threads 1]
     python benchmarks/bench_kernels.py --device cuda
@@ -24,8 +24,9 @@ from atss_core.layers.sigmoid_focal_loss import _focal_loss_torch, sigmoid_focal
 
 try:
     import torchvision
-except ImportError:
+except ImportError as exc:  # the table then has no torchvision columns; the header says why
     torchvision = None
+    TORCHVISION_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def cpu_name():
@@ -145,7 +146,8 @@ def main():
     device = torch.device(args.device)
     if not _ext.has_kernel(device):
         raise SystemExit(f"no compiled {device.type} kernels in atss_core._C ({_ext.LOAD_ERROR or 'built without CUDA'})")
-    use_tv = device.type == "cuda" and torchvision is not None
+    use_tv = torchvision is not None
+    tv_note = f"torchvision {torchvision.__version__}" if use_tv else f"no torchvision ({TORCHVISION_ERROR})"
     if device.type == "cpu":
         cases = [*nms_cases(device, 1000), *nms_cases(device, 5000), *focal_cases(device, 20000),
                  *dcn_cases(device, 1, 64, (64, 64)), *dcn_cases(device, 2, 256, (50, 76))]
@@ -156,9 +158,8 @@ def main():
                  *dcn_cases(device, 8, 256, (100, 152))]
         machine = torch.cuda.get_device_name(device)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"device: {machine}; load average {load}; torch {torch.__version__}"
-          + (f"; torchvision {torchvision.__version__}" if use_tv else "")
-          + f"; median of {args.repeats}\n")
+    print(f"device: {machine}; load average {load}; torch {torch.__version__}; {tv_note}; "
+          f"median of {args.repeats}\n")
     header = "| op | size | compiled (ms) | fallback (ms) | fallback / compiled |"
     rule = "|---|---|---:|---:|---:|"
     if use_tv:

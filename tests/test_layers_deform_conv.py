@@ -65,8 +65,13 @@ def run(path, tensors, args):
 
 
 def forward_and_grads(path, tensors, args, grad_seed=0):
+    return output_and_grads(lambda *t: run(path, t, args), tensors, grad_seed)
+
+
+def output_and_grads(fn, tensors, grad_seed=0):
+    """``fn(*tensors)`` and the gradients w.r.t. ``tensors`` for a seeded random ``grad_out``."""
     tensors = [t.detach().clone().requires_grad_() for t in tensors]
-    out = run(path, tensors, args)
+    out = fn(*tensors)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed),
                            dtype=torch.float64).to(out)
     return out, torch.autograd.grad(out, tensors, grad_out)
