@@ -98,7 +98,14 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
     });
   });
   if (labels.has_value()) {
-    keep = at::zeros_like(keep).index_put_({positions}, keep);  // back to score order
+    // Back to score order. A plain loop: index_put_ would run this O(n) scatter on the
+    // thread pool, which costs milliseconds when the other cores are busy.
+    at::Tensor by_score = at::empty_like(keep);
+    const int64_t* pos = positions.data_ptr<int64_t>();
+    const bool* src = keep.data_ptr<bool>();
+    bool* dst = by_score.data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) dst[pos[i]] = src[i];
+    keep = by_score;
   }
   return score_order.masked_select(keep);
 }
