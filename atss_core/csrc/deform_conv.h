@@ -27,68 +27,62 @@ struct DeformGeometry {
   C10_HOST_DEVICE int64_t group_channels() const { return channels / deformable_groups; }
 };
 
-// Input plane `im` [H, W]; returns the DCNv2 bilinear sample at (h, w).
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t dcn_bilinear(const scalar_t* im, int64_t H, int64_t W, acc_t h,
-                                          acc_t w) {
-  if (!(h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) return acc_t(0);
-  const acc_t hf = std::floor(h), wf = std::floor(w);
-  const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
-  const int64_t h1 = h0 + 1, w1 = w0 + 1;
-  const acc_t lh = h - hf, lw = w - wf;
-  const acc_t hh = acc_t(1) - lh, hw = acc_t(1) - lw;
-  const acc_t v1 = (h0 >= 0 && w0 >= 0) ? acc_t(im[h0 * W + w0]) : acc_t(0);
-  const acc_t v2 = (h0 >= 0 && w1 < W) ? acc_t(im[h0 * W + w1]) : acc_t(0);
-  const acc_t v3 = (h1 < H && w0 >= 0) ? acc_t(im[h1 * W + w0]) : acc_t(0);
-  const acc_t v4 = (h1 < H && w1 < W) ? acc_t(im[h1 * W + w1]) : acc_t(0);
-  return hh * hw * v1 + hh * lw * v2 + lh * hw * v3 + lh * lw * v4;
-}
+// Bilinear sampling of one point (h, w) of an [H, W] plane, as its four integer
+// neighbours (top-left, top-right, bottom-left, bottom-right): plane offsets, bilinear
+// weights, whether each lies inside the image (1 or 0, used as a multiplier) and the
+// fractional parts lh, lw. A point that samples 0 under the DCNv2 rule has every weight
+// and flag 0 (and offsets 0, a valid address).
+template <typename T>
+struct SamplePoint {
+  int64_t index[4];
+  T weight[4];
+  T inside[4];
+  T lh, lw;
+};
 
-// The sample at (h, w) and its derivatives d/dh, d/dw (one-sided at integer points,
-// like the autograd of floor-based interpolation).
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void dcn_bilinear_with_grad(const scalar_t* im, int64_t H, int64_t W,
-                                                   acc_t h, acc_t w, acc_t* value, acc_t* grad_h,
-                                                   acc_t* grad_w) {
-  if (!(h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) {
-    *value = *grad_h = *grad_w = acc_t(0);
-    return;
-  }
-  const acc_t hf = std::floor(h), wf = std::floor(w);
-  const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
-  const int64_t h1 = h0 + 1, w1 = w0 + 1;
-  const acc_t lh = h - hf, lw = w - wf;
-  const acc_t hh = acc_t(1) - lh, hw = acc_t(1) - lw;
-  const acc_t v1 = (h0 >= 0 && w0 >= 0) ? acc_t(im[h0 * W + w0]) : acc_t(0);
-  const acc_t v2 = (h0 >= 0 && w1 < W) ? acc_t(im[h0 * W + w1]) : acc_t(0);
-  const acc_t v3 = (h1 < H && w0 >= 0) ? acc_t(im[h1 * W + w0]) : acc_t(0);
-  const acc_t v4 = (h1 < H && w1 < W) ? acc_t(im[h1 * W + w1]) : acc_t(0);
-  *value = hh * hw * v1 + hh * lw * v2 + lh * hw * v3 + lh * lw * v4;
-  *grad_h = hw * (v3 - v1) + lw * (v4 - v2);
-  *grad_w = hh * (v2 - v1) + lh * (v4 - v3);
-}
-
-// The four neighbours of (h, w) that lie inside the image and their bilinear
-// weights; returns how many were written (0 when the point samples 0).
-template <typename acc_t>
-C10_HOST_DEVICE inline int dcn_corners(int64_t H, int64_t W, acc_t h, acc_t w, int64_t* index,
-                                       acc_t* weight) {
-  if (!(h > acc_t(-1) && h < acc_t(H) && w > acc_t(-1) && w < acc_t(W))) return 0;
-  const acc_t hf = std::floor(h), wf = std::floor(w);
-  const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
-  const acc_t lh = h - hf, lw = w - wf;
-  int count = 0;
-  for (int dy = 0; dy < 2; ++dy) {
-    for (int dx = 0; dx < 2; ++dx) {
-      const int64_t y = h0 + dy, x = w0 + dx;
-      if (y >= 0 && y < H && x >= 0 && x < W) {
-        index[count] = y * W + x;
-        weight[count] = (dy ? lh : acc_t(1) - lh) * (dx ? lw : acc_t(1) - lw);
-        ++count;
-      }
+template <typename T>
+C10_HOST_DEVICE inline SamplePoint<T> dcn_sample_point(int64_t H, int64_t W, T h, T w) {
+  SamplePoint<T> s;
+  if (!(h > T(-1) && h < T(H) && w > T(-1) && w < T(W))) {
+    for (int e = 0; e < 4; ++e) {
+      s.index[e] = 0;
+      s.weight[e] = s.inside[e] = T(0);
     }
+    s.lh = s.lw = T(0);
+    return s;
   }
-  return count;
+  const T hf = std::floor(h), wf = std::floor(w);
+  const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
+  s.lh = h - hf;
+  s.lw = w - wf;
+  const T wy[2] = {T(1) - s.lh, s.lh}, wx[2] = {T(1) - s.lw, s.lw};
+  for (int e = 0; e < 4; ++e) {
+    const int64_t y = h0 + e / 2, x = w0 + e % 2;
+    const bool in = y >= 0 && y < H && x >= 0 && x < W;
+    s.index[e] = in ? y * W + x : 0;
+    s.inside[e] = in ? T(1) : T(0);
+    s.weight[e] = in ? wy[e / 2] * wx[e % 2] : T(0);
+  }
+  return s;
+}
+
+// The sampled value of plane `im`.
+template <typename scalar_t, typename T>
+C10_HOST_DEVICE inline T dcn_sample_value(const scalar_t* im, const SamplePoint<T>& s) {
+  return s.weight[0] * T(im[s.index[0]]) + s.weight[1] * T(im[s.index[1]]) +
+         s.weight[2] * T(im[s.index[2]]) + s.weight[3] * T(im[s.index[3]]);
+}
+
+// The sampled value of plane `im` and its derivatives with respect to h and w
+// (one-sided at integer points, like the autograd of floor-based interpolation).
+template <typename scalar_t, typename T>
+C10_HOST_DEVICE inline void dcn_sample_with_grad(const scalar_t* im, const SamplePoint<T>& s,
+                                                 T* value, T* grad_h, T* grad_w) {
+  T v[4];
+  for (int e = 0; e < 4; ++e) v[e] = s.inside[e] * T(im[s.index[e]]);
+  *value = s.weight[0] * v[0] + s.weight[1] * v[1] + s.weight[2] * v[2] + s.weight[3] * v[3];
+  *grad_h = (T(1) - s.lw) * (v[2] - v[0]) + s.lw * (v[3] - v[1]);
+  *grad_w = (T(1) - s.lh) * (v[1] - v[0]) + s.lh * (v[3] - v[2]);
 }
 
 // Sampling position of tap (i, j) for output pixel (y, x), before the offset.

@@ -19,51 +19,23 @@ namespace {
 constexpr int64_t kPixelBlock = 256;   // output pixels per SamplePoint block
 constexpr int64_t kChannelChunk = 32;  // channels per col2im task
 
-// Bilinear sampling of one point: the four neighbours (top-left, top-right,
-// bottom-left, bottom-right) as plane offsets, their weights, whether each lies
-// inside the image, and the fractional parts. Points that sample 0 (DCNv2 rule)
-// have all weights and flags 0.
-template <typename T>
-struct SamplePoint {
-  int64_t index[4];
-  T weight[4];
-  T inside[4];
-  T lh, lw;
-};
-
 struct Block {
   int64_t b, g, k, begin, end;  // image, deformable group, tap, pixel range
 };
 
+// The sample points of one (image, deformable group, tap) over a block of output pixels.
 template <typename T>
 void plan_block(const T* offset, const DeformGeometry& geo, const Block& blk,
                 SamplePoint<T>* points) {
-  const int64_t K = geo.taps(), L = geo.out_size(), H = geo.height, W = geo.width;
+  const int64_t K = geo.taps(), L = geo.out_size();
   const int64_t i = blk.k / geo.kernel_w, j = blk.k % geo.kernel_w;
   const T* off_y = offset + ((blk.b * geo.deformable_groups + blk.g) * 2 * K + 2 * blk.k) * L;
   const T* off_x = off_y + L;
   for (int64_t l = blk.begin; l < blk.end; ++l) {
-    SamplePoint<T>& s = points[l - blk.begin];
     const int64_t y = l / geo.out_w, x = l % geo.out_w;
-    const T h = static_cast<T>(dcn_base_h(geo, y, i)) + off_y[l];
-    const T w = static_cast<T>(dcn_base_w(geo, x, j)) + off_x[l];
-    if (!(h > T(-1) && h < T(H) && w > T(-1) && w < T(W))) {
-      s = SamplePoint<T>{{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, 0, 0};
-      continue;
-    }
-    const T hf = std::floor(h), wf = std::floor(w);
-    const int64_t h0 = static_cast<int64_t>(hf), w0 = static_cast<int64_t>(wf);
-    s.lh = h - hf;
-    s.lw = w - wf;
-    const T hh = T(1) - s.lh, hw = T(1) - s.lw;
-    const T wy[2] = {hh, s.lh}, wx[2] = {hw, s.lw};
-    for (int e = 0; e < 4; ++e) {
-      const int64_t yy = h0 + e / 2, xx = w0 + e % 2;
-      const bool in = yy >= 0 && yy < H && xx >= 0 && xx < W;
-      s.index[e] = in ? yy * W + xx : 0;
-      s.inside[e] = in ? T(1) : T(0);
-      s.weight[e] = in ? wy[e / 2] * wx[e % 2] : T(0);
-    }
+    points[l - blk.begin] = dcn_sample_point<T>(
+        geo.height, geo.width, static_cast<T>(dcn_base_h(geo, y, i)) + off_y[l],
+        static_cast<T>(dcn_base_w(geo, x, j)) + off_x[l]);
   }
 }
 
@@ -107,10 +79,7 @@ void deform_im2col_cpu(const at::Tensor& input, const at::Tensor& offset, const 
           const scalar_t* im = in + (blk.b * C + c) * plane;
           scalar_t* out = col + (c * K + blk.k) * (batch * L) + blk.b * L;
           for (int64_t l = blk.begin; l < blk.end; ++l) {
-            const SamplePoint<scalar_t>& s = points[l - blk.begin];
-            const scalar_t v = s.weight[0] * im[s.index[0]] + s.weight[1] * im[s.index[1]] +
-                               s.weight[2] * im[s.index[2]] + s.weight[3] * im[s.index[3]];
-            out[l] = v * m[l];
+            out[l] = dcn_sample_value(im, points[l - blk.begin]) * m[l];
           }
         }
       }
@@ -191,15 +160,11 @@ void deform_col2im_coord_cpu(const at::Tensor& grad_columns, const at::Tensor& i
           const scalar_t* im = in + (blk.b * C + c) * plane;
           const scalar_t* src = gcol + (c * K + blk.k) * (batch * L) + blk.b * L + blk.begin;
           for (int64_t t = 0; t < n; ++t) {
-            const SamplePoint<scalar_t>& s = points[t];
-            const scalar_t v1 = s.inside[0] * im[s.index[0]], v2 = s.inside[1] * im[s.index[1]];
-            const scalar_t v3 = s.inside[2] * im[s.index[2]], v4 = s.inside[3] * im[s.index[3]];
-            const scalar_t value = s.weight[0] * v1 + s.weight[1] * v2 + s.weight[2] * v3 +
-                                   s.weight[3] * v4;
-            const scalar_t hh = scalar_t(1) - s.lh, hw = scalar_t(1) - s.lw;
+            scalar_t value, d_h, d_w;
+            dcn_sample_with_grad(im, points[t], &value, &d_h, &d_w);
             sum_m[t] += src[t] * value;
-            sum_h[t] += src[t] * (hw * (v3 - v1) + s.lw * (v4 - v2));
-            sum_w[t] += src[t] * (hh * (v2 - v1) + s.lh * (v4 - v3));
+            sum_h[t] += src[t] * d_h;
+            sum_w[t] += src[t] * d_w;
           }
         }
         const int64_t base = (blk.b * dg + blk.g) * K + blk.k;

@@ -39,7 +39,7 @@ __global__ void im2col_kernel(const scalar_t* __restrict__ input,
       const int64_t i = k / geo.kernel_w, j = k % geo.kernel_w;
       const acc_t h = acc_t(dcn_base_h(geo, y, i)) + acc_t(off[2 * k * L]);
       const acc_t w = acc_t(dcn_base_w(geo, x, j)) + acc_t(off[(2 * k + 1) * L]);
-      const acc_t v = dcn_bilinear<scalar_t, acc_t>(im, geo.height, geo.width, h, w);
+      const acc_t v = dcn_sample_value(im, dcn_sample_point<acc_t>(geo.height, geo.width, h, w));
       out[k * batch * L] = static_cast<scalar_t>(v * acc_t(m[k * L]));
     }
   }
@@ -63,14 +63,13 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ grad_columns,
     const scalar_t* off = offset + (b * geo.deformable_groups + g) * 2 * K * L + l;
     const acc_t h = acc_t(dcn_base_h(geo, y, i)) + acc_t(off[2 * k * L]);
     const acc_t w = acc_t(dcn_base_w(geo, x, j)) + acc_t(off[(2 * k + 1) * L]);
-    int64_t index[4];
-    acc_t weight[4];
-    const int n = dcn_corners<acc_t>(geo.height, geo.width, h, w, index, weight);
-    if (n == 0) continue;
+    const SamplePoint<acc_t> s = dcn_sample_point<acc_t>(geo.height, geo.width, h, w);
     const acc_t grad = acc_t(grad_columns[e]) *
                        acc_t(mask[(b * geo.deformable_groups + g) * K * L + k * L + l]);
     acc_t* target = grad_input + (b * C + c) * geo.height * geo.width;
-    for (int t = 0; t < n; ++t) gpuAtomicAdd(target + index[t], weight[t] * grad);
+    for (int t = 0; t < 4; ++t) {
+      if (s.inside[t] != acc_t(0)) gpuAtomicAdd(target + s.index[t], s.weight[t] * grad);
+    }
   }
 }
 
@@ -96,12 +95,12 @@ __global__ void col2im_coord_kernel(const scalar_t* __restrict__ grad_columns,
     const int64_t off_index = (b * dg + g) * 2 * K * L + 2 * k * L + l;
     const acc_t h = acc_t(dcn_base_h(geo, y, i)) + acc_t(offset[off_index]);
     const acc_t w = acc_t(dcn_base_w(geo, x, j)) + acc_t(offset[off_index + L]);
+    const SamplePoint<acc_t> s = dcn_sample_point<acc_t>(geo.height, geo.width, h, w);
     acc_t sum_h = 0, sum_w = 0, sum_m = 0;
     for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
       const acc_t grad = acc_t(grad_columns[(c * K + k) * batch * L + b * L + l]);
       acc_t v, dh, dw;
-      dcn_bilinear_with_grad<scalar_t, acc_t>(input + (b * C + c) * plane, geo.height, geo.width,
-                                              h, w, &v, &dh, &dw);
+      dcn_sample_with_grad(input + (b * C + c) * plane, s, &v, &dh, &dw);
       sum_m += grad * v;
       sum_h += grad * dh;
       sum_w += grad * dw;
