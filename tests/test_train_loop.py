@@ -213,6 +213,50 @@ def test_bf16_autocast_on_cpu_trains():
     assert model.linear.weight.dtype == torch.float32
 
 
+class OverflowAtCall(ToyDetector):
+    """A toy detector whose loss gets a huge (finite) factor on one forward call: its
+    gradient, times the GradScaler's scale, overflows float32."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call, self.calls = call, 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        losses = super().forward(images, targets)
+        if self.calls == self.call:
+            losses["loss_b"] = losses["loss_b"] * 1e36
+        return losses
+
+
+def test_grad_scaler_path_skips_overflowing_steps_and_checkpoints_its_state():
+    """The fp16 training path (GradScaler) on the CPU: with a power-of-two scale the
+    unscaled gradients are exact, so steps equal plain fp32 steps; a step whose scaled
+    gradient overflows is skipped (parameters unchanged, scale halved) and training goes
+    on; every checkpoint carries the scaler's state."""
+    batches = toy_batches(4)
+    plain, _, _, plain_saves = run_toy(batches, checkpoint_period=1)
+
+    torch.manual_seed(0)
+    model = OverflowAtCall(call=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = WarmupMultiStepLR(optimizer, (3,), warmup_factor=0.5, warmup_iters=2)
+    checkpointer = RecordingCheckpointer(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    do_train(model, batches, optimizer, scheduler, checkpointer, torch.device("cpu"),
+             start_iter=0, max_iter=4, checkpoint_period=1, log_period=1, grad_scaler=scaler)
+
+    saves = [(extra["iteration"], extra["grad_scaler"]["scale"], state)
+             for name, extra, state in checkpointer.saves if name != "model_final"]
+    assert [(it, scale) for it, scale, _ in saves] == [(1, 2.0**16), (2, 2.0**15), (3, 2.0**15), (4, 2.0**15)]
+    # iteration 1 equals plain fp32 training; iteration 2 (overflow) changed nothing
+    for key, value in saves[0][2].items():
+        assert torch.equal(value, plain_saves.saves[0][2][key])
+        assert torch.equal(saves[1][2][key], value)
+    assert all(torch.isfinite(v).all() for v in saves[-1][2].values())
+    assert not torch.equal(saves[-1][2]["linear.weight"], saves[1][2]["linear.weight"])
+
+
 def test_mixed_precision_choices():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("none", cpu) is None
