@@ -67,6 +67,36 @@ def nan_filled_empty_tensors():
     torch.use_deterministic_algorithms(previous)
 
 
+# ---------------------------------------------------------------------- the emulator itself
+
+
+def test_emulator_barrier_and_shared_memory(emu):
+    values = torch.arange(4 * 256, dtype=torch.int32)
+    torch.testing.assert_close(emu.block_sums(values, 256), values.view(4, 256).sum(1, dtype=torch.int32))
+    (launch,) = emu.take_launch_log()
+    assert launch["grid"] == (4, 1, 1) and launch["barriers"] == 4 * (1 + 8)
+
+
+def test_emulator_reports_divergent_barriers(emu):
+    with pytest.raises(RuntimeError, match="divergent __syncthreads"):
+        emu.launch_divergent_barrier()
+
+
+@pytest.mark.parametrize("grid, block, shared, why", [
+    ((1, 1, 1), (1025, 1, 1), 0, "threads per block"),
+    ((1, 1, 1), (1, 1, 65), 0, "blockDim.z"),
+    ((0, 1, 1), (32, 1, 1), 0, "empty grid"),
+    ((1, 65536, 1), (32, 1, 1), 0, "grid too large"),
+    ((1, 1, 1), (32, 1, 1), 48 * 1024 + 1, "48 KiB"),
+])
+def test_emulator_enforces_launch_limits(emu, grid, block, shared, why):
+    with pytest.raises(RuntimeError, match="invalid configuration argument.*" + why):
+        emu.launch_noop(list(grid), list(block), shared)
+    # the limits themselves are fine
+    emu.launch_noop([1, 65535, 1], [1, 1, 1], 0)
+    emu.launch_noop([1, 1, 1], [1024, 1, 1], 48 * 1024)
+
+
 # ---------------------------------------------------------------------- NMS
 
 

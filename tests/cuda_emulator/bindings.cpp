@@ -15,9 +15,49 @@ atss::DeformGeometry geometry(const std::vector<int64_t>& v) {
   return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
 }
 
+// Kernels that check the emulator itself (test_emulator_* in the test file).
+
+// Tree reduction over shared memory: right only if every __syncthreads holds all
+// threads of the block until each has arrived.
+__global__ void block_sum_kernel(const int* in, int* out) {
+  __shared__ int partial[1024];
+  partial[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+  __syncthreads();
+  for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = partial[0];
+}
+
+// Threads of one block waiting at two different barriers: undefined on a GPU.
+__global__ void divergent_barrier_kernel() {
+  if (threadIdx.x % 2 == 0) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+}
+
+__global__ void noop_kernel() {}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("block_sums", [](const at::Tensor& values, int64_t threads) {
+    TORCH_CHECK(values.scalar_type() == at::kInt && values.numel() % threads == 0);
+    at::Tensor out = at::empty({values.numel() / threads}, values.options());
+    atss_emu::Launch(out.numel(), threads).kernel(block_sum_kernel)(values.data_ptr<int>(),
+                                                                    out.data_ptr<int>());
+    return out;
+  }, "per-block sums of int32 `values` in blocks of `threads` (a power of two)");
+  m.def("launch_divergent_barrier", [] {
+    atss_emu::Launch(1, 64).kernel(divergent_barrier_kernel)();
+  });
+  m.def("launch_noop", [](std::vector<int64_t> grid, std::vector<int64_t> block, int64_t shared) {
+    atss_emu::Launch(dim3(grid[0], grid[1], grid[2]), dim3(block[0], block[1], block[2]), shared)
+        .kernel(noop_kernel)();
+  }, "an empty kernel with the given launch configuration (checks the launch limits)");
   m.def("set_multiprocessor_count", [](int count) { atss_emu::multiprocessor_count = count; },
         "multiProcessorCount the emulated device reports");
   m.def("take_launch_log", [] {
