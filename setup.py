@@ -60,6 +60,19 @@ def _default_arch_list():
     return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
 
 
+def _pip_cuda_header_dirs():
+    """Header folders of the ``nvidia-*`` pip packages that CUDA builds of PyTorch
+    install (cuBLAS, cuSPARSE, cuSOLVER, ...). PyTorch's CUDA headers include some of
+    these, which a CUDA toolkit installed without those libraries lacks (e.g. only
+    nvcc and the runtime). They are searched with ``-idirafter``, i.e. after the
+    toolkit's own folders, so a complete toolkit's headers always win."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include")))
+
+
 def _extensions():
     if os.environ.get("ATSS_NO_EXT", "0") == "1":
         print("ATSS_NO_EXT=1: not compiling atss_core._C. " + FALLBACK_NOTE)
@@ -89,6 +102,9 @@ def _extensions():
         sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
         define_macros.append(("WITH_CUDA", None))
         extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        for header_dir in _pip_cuda_header_dirs():
+            extra_compile_args["cxx"] += ["-idirafter", header_dir]
+            extra_compile_args["nvcc"] += ["-Xcompiler", f"-idirafter{header_dir}"]
         print(f"atss_core._C: compiling CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST="
               f"{os.environ['TORCH_CUDA_ARCH_LIST']}")
     else:
