@@ -11,10 +11,12 @@ cannot check (device rounding, speed, races between blocks) needs a GPU:
 
 Uninitialised memory is filled with NaN / max-int while these tests run
 (``torch.use_deterministic_algorithms``), so an output element a kernel forgets to
-write shows up as a mismatch.
+write shows up as a mismatch. The whole file runs once more under AddressSanitizer and
+UndefinedBehaviorSanitizer (out-of-bounds accesses, undefined arithmetic).
 """
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -47,7 +49,9 @@ def emulated_module():
         import build
     finally:
         sys.path.remove(EMULATOR_DIR)
-    module = build.build(os.path.join(REPO_ROOT, "build", "cuda_emulator"), overrides=OVERRIDES)
+    sanitize = os.environ.get("ATSS_EMULATOR_SANITIZE") or None
+    folder = "cuda_emulator" + ("_" + sanitize.replace(",", "_") if sanitize else "")
+    module = build.build(os.path.join(REPO_ROOT, "build", folder), overrides=OVERRIDES, sanitize=sanitize)
     module.set_multiprocessor_count(MULTIPROCESSORS)
     return module
 
@@ -65,6 +69,34 @@ def nan_filled_empty_tensors():
     torch.use_deterministic_algorithms(True)
     yield
     torch.use_deterministic_algorithms(previous)
+
+
+# ---------------------------------------------------------------------- sanitizers
+
+
+def _gcc_runtime(name):
+    """Path of a GCC sanitizer runtime, or None."""
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        return None
+    path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.skipif(bool(os.environ.get("ATSS_EMULATOR_SANITIZE")), reason="already running under the sanitizers")
+def test_kernels_under_address_and_undefined_behaviour_sanitizers():
+    """Every test of this file again, with the kernels built with -fsanitize=address,undefined:
+    an out-of-bounds read or write of a kernel (say, a missing bounds check in a block) or
+    undefined arithmetic stops the run with the sanitizer's report."""
+    runtimes = [_gcc_runtime("libasan.so"), _gcc_runtime("libubsan.so")]
+    if None in runtimes:
+        pytest.skip("GCC's AddressSanitizer / UndefinedBehaviorSanitizer runtimes are not installed")
+    env = dict(os.environ, ATSS_EMULATOR_SANITIZE="address,undefined", LD_PRELOAD=":".join(runtimes),
+               ASAN_OPTIONS="detect_leaks=0")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
 
 
 # ---------------------------------------------------------------------- the emulator itself

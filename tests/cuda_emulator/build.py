@@ -50,10 +50,14 @@ def _read(path):
         return None
 
 
-def build(build_dir, overrides=None, verbose=False):
+def build(build_dir, overrides=None, sanitize=None, verbose=False):
     """Compile and import the emulated-kernel module; ``build_dir`` holds the objects.
 
     ``overrides``: {source basename: {regex: replacement}} applied to that .cu file.
+    ``sanitize``: e.g. ``"address,undefined"``: compile with those GCC sanitizers, so an
+    out-of-bounds access or undefined arithmetic in a kernel stops the process with a
+    report (the sanitizer runtime must then be preloaded: ``LD_PRELOAD=$(gcc
+    -print-file-name=libasan.so)``).
     """
     from torch.utils.cpp_extension import load
 
@@ -74,12 +78,19 @@ def build(build_dir, overrides=None, verbose=False):
             with open(target, "w") as f:
                 f.write(text)
         sources.append(target)
+    cflags = ["-O2", "-DWITH_CUDA", "-include", os.path.join(HERE, "simt.h"), "-Wno-unknown-pragmas"]
+    ldflags = []
+    name = "atss_cuda_emulated"
+    if sanitize:
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        ldflags += [f"-fsanitize={sanitize}"]
+        name += "_" + re.sub(r"\W", "_", sanitize)
     return load(
-        name="atss_cuda_emulated",
+        name=name,
         sources=sources,
         extra_include_paths=[os.path.join(HERE, "stubs"), CSRC, os.path.join(CSRC, "cuda")],
-        extra_cflags=["-O2", "-DWITH_CUDA", "-include", os.path.join(HERE, "simt.h"),
-                      "-Wno-unknown-pragmas"],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
         build_directory=build_dir,
         verbose=verbose,
     )

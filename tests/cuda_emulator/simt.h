@@ -32,6 +32,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #define __global__
 #define __device__
 #define __host__
@@ -78,15 +82,32 @@ struct LaunchRecord {
 };
 inline std::vector<LaunchRecord> launch_log;
 
+// AddressSanitizer must be told about every stack switch (build.py, sanitize=...).
+#if defined(__SANITIZE_ADDRESS__)
+inline void asan_start_switch(void** fake_stack, const void* bottom, size_t size) {
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+}
+inline void asan_finish_switch(void* fake_stack, const void** old_bottom, size_t* old_size) {
+  __sanitizer_finish_switch_fiber(fake_stack, old_bottom, old_size);
+}
+#else
+inline void asan_start_switch(void**, const void*, size_t) {}
+inline void asan_finish_switch(void*, const void**, size_t*) {}
+#endif
+
 struct Fiber {
   ucontext_t context;
   std::vector<char> stack;
   bool done = false;
   int barrier_line = -1;
+  void* fake_stack = nullptr;
 };
 
 struct Scheduler {
   ucontext_t host;
+  const void* host_stack = nullptr;
+  size_t host_stack_size = 0;
+  void* host_fake_stack = nullptr;
   std::vector<Fiber> fibers;
   size_t current = 0;
   const std::function<void()>* body = nullptr;
@@ -101,12 +122,14 @@ inline Scheduler& scheduler() {
 
 inline void fiber_main() {
   Scheduler& s = scheduler();
+  asan_finish_switch(nullptr, &s.host_stack, &s.host_stack_size);
   try {
     (*s.body)();
   } catch (...) {
     if (!s.error) s.error = std::current_exception();
   }
   s.fibers[s.current].done = true;
+  asan_start_switch(nullptr, s.host_stack, s.host_stack_size);
   // Returning resumes uc_link, the scheduler.
 }
 
@@ -114,7 +137,9 @@ inline void syncthreads(int line) {
   Scheduler& s = scheduler();
   Fiber& f = s.fibers[s.current];
   f.barrier_line = line;
+  asan_start_switch(&f.fake_stack, s.host_stack, s.host_stack_size);
   swapcontext(&f.context, &s.host);
+  asan_finish_switch(f.fake_stack, &s.host_stack, &s.host_stack_size);
 }
 
 template <typename T>
@@ -141,7 +166,7 @@ inline long long run_block(Scheduler& s, size_t threads) {
     makecontext(&f.context, fiber_main, 0);
   }
   // Uninitialised shared memory reads as a recognisable pattern, not as zeros.
-  std::memset(s.dynamic_shared.data(), 0xA5, s.dynamic_shared.size());
+  if (!s.dynamic_shared.empty()) std::memset(s.dynamic_shared.data(), 0xA5, s.dynamic_shared.size());
   long long rounds = 0;
   for (bool waiting = true; waiting; ++rounds) {
     waiting = false;
@@ -151,7 +176,9 @@ inline long long run_block(Scheduler& s, size_t threads) {
       if (f.done) continue;
       set_thread(t, blockDim);
       s.current = t;
+      asan_start_switch(&s.host_fake_stack, f.stack.data(), f.stack.size());
       swapcontext(&s.host, &f.context);
+      asan_finish_switch(s.host_fake_stack, nullptr, nullptr);
       if (s.error) std::rethrow_exception(std::exchange(s.error, nullptr));
       if (f.done) continue;
       if (line != -1 && f.barrier_line != line) {
