@@ -38,6 +38,7 @@ from atss_core.engine.trainer import (  # noqa: E402
     make_grad_scaler,
     peak_memory_mb,
     seed_all_rng,
+    train_step,
 )
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
@@ -106,19 +107,7 @@ def _run(cfg, precision, iters, warmup, time_sample_selection):
         if timer is not None:
             timer.total = 0.0
         step_start = time.perf_counter()
-        images = images.to(device, non_blocking=True)
-        targets = [t.to(device) for t in targets]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = sum(model(images, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(losses).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            losses.backward()
-            optimizer.step()
-        scheduler.step()
+        train_step(model, images, targets, optimizer, scheduler, device, dtype, scaler)
         sync()
         if i >= warmup:
             step_time += time.perf_counter() - step_start

@@ -82,11 +82,10 @@ def test_compiled_cpu_matches_brute_force(n, threshold, class_wise, dtype):
     assert torch.equal(compiled(boxes, scores, threshold, labels), expected)
 
 
+@needs_ext
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda_ext)])
 @pytest.mark.parametrize("class_wise", [False, True])
 def test_compiled_matches_fallback_many_boxes(device, class_wise):
-    if not _ext.is_loaded():
-        pytest.skip(f"atss_core._C is not built ({_ext.LOAD_ERROR})")
     boxes, scores, labels = random_boxes(4000, seed=7, device=device, score_levels=1000)
     labels = labels if class_wise else None
     for threshold in (0.4, 0.6):

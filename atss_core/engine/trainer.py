@@ -21,7 +21,6 @@ can also turn non-finite through a non-finite gradient of a finite loss, they
 are checked too (one pass over them) before every checkpoint. The last good
 checkpoint and ``last_checkpoint`` are never overwritten by a diverged model.
 """
-import contextlib
 import datetime
 import json
 import logging
@@ -95,6 +94,29 @@ def make_grad_scaler(mixed_precision, device):
     if mixed_precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def train_step(model, images, targets, optimizer, scheduler, device, amp_dtype=None,
+                grad_scaler=None):
+    """One SGD iteration: move the batch to ``device``, forward under autocast
+    (``amp_dtype`` None: fp32), backward (scaled by ``grad_scaler`` when given),
+    optimizer and scheduler step. Returns the loss dict (tensors on ``device``;
+    nothing is synchronised)."""
+    images = images.to(device, non_blocking=True)
+    targets = [target.to(device) for target in targets]
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss_dict = model(images, targets)
+    losses = sum(loss_dict.values())
+    optimizer.zero_grad(set_to_none=True)
+    if grad_scaler is not None:
+        grad_scaler.scale(losses).backward()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+    else:
+        losses.backward()
+        optimizer.step()
+    scheduler.step()
+    return loss_dict
 
 
 def peak_memory_mb(device):
@@ -232,23 +254,8 @@ def do_train(
         data_time = time.perf_counter() - end
         lr = optimizer.param_groups[0]["lr"]
 
-        images = images.to(device, non_blocking=True)
-        targets = [target.to(device) for target in targets]
-        autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            loss_dict = model(images, targets)
-        losses = sum(loss_dict.values())
-
-        optimizer.zero_grad(set_to_none=True)
-        if grad_scaler is not None:
-            grad_scaler.scale(losses).backward()
-            grad_scaler.step(optimizer)
-            grad_scaler.update()
-        else:
-            losses.backward()
-            optimizer.step()
-        scheduler.step()
+        loss_dict = train_step(model, images, targets, optimizer, scheduler, device, amp_dtype,
+                               grad_scaler)
         record.append(iteration, loss_dict)
         progress.update(1)
         last = iteration == max_iter
