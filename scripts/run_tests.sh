@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV="${ATSS_VENV:-.venv}"
-"$VENV/bin/python" -m pip install -q "pytest>=7"
+"$VENV/bin/python" -c "import pytest" >/dev/null 2>&1 || "$VENV/bin/python" -m pip install -q "pytest>=7"
 exec "$VENV/bin/python" -m pytest -q "$@"
