@@ -20,5 +20,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 start=$(date +%s)
 echo "== Setting up the environment (scripts/setup_env.sh)"
 bash scripts/setup_env.sh
-echo "== Set-up took $(( $(date +%s) - start )) s"
-exec "${ATSS_VENV:-.venv}/bin/python" tools/quick_start.py "$@"
+setup_seconds=$(( $(date +%s) - start ))
+echo "== Set-up took $setup_seconds s"
+exec "${ATSS_VENV:-.venv}/bin/python" tools/quick_start.py --setup-seconds "$setup_seconds" "$@"

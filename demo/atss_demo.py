@@ -24,18 +24,42 @@ from demo.predictor import ATSSDemo  # noqa: E402
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+EXAMPLES = """\
+examples:
+  # a released checkpoint on your images, pictures written to my_images_out/
+  python demo/atss_demo.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \\
+      --weights ATSS_R_50_FPN_1x.pth --images-dir my_images --output-dir my_images_out MODEL.DEVICE cpu
+  # the model of the quick start
+  python demo/atss_demo.py --config-file configs/atss/quick_start/atss_R_18_shapes.yaml \\
+      --weights training_dir/quick_start/model_final.pth --images-dir datasets/shapes/val \\
+      --output-dir training_dir/quick_start/demo MODEL.DEVICE cpu
+
+The network input size is the config's INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST (what
+tools/test_net.py uses) unless --min-image-size is given. MODEL.DEVICE defaults to cuda.
+"""
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="ATSS demo on a folder of images")
-    parser.add_argument("--config-file", required=True, help="path to a config file")
-    parser.add_argument("--weights", default="", help="checkpoint to load (default: MODEL.WEIGHT)")
-    parser.add_argument("--images-dir", required=True, help="folder of images to run on")
-    parser.add_argument("--output-dir", default="", help="write the drawn images here instead of showing them")
-    parser.add_argument("--min-image-size", type=int, default=800, help="shorter side of the network input")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="score threshold of classes without a per-class threshold")
-    parser.add_argument("--class-thresholds", default="",
-                        help="JSON {class name: threshold} file (tools/compute_class_thresholds.py)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config options (KEY VALUE ...)")
+    parser = argparse.ArgumentParser(
+        description="Run an ATSS detector on a folder of images and draw its detections.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config of the model")
+    parser.add_argument("--weights", default="", metavar="FILE",
+                        help="checkpoint to load (default: the config's MODEL.WEIGHT)")
+    parser.add_argument("--images-dir", required=True, metavar="DIR",
+                        help=f"folder of images to run on ({', '.join(IMAGE_EXTENSIONS)})")
+    parser.add_argument("--output-dir", default="", metavar="DIR",
+                        help="write the drawn images here as <name>.jpg (default: show them in a window; "
+                             "Esc stops)")
+    parser.add_argument("--min-image-size", type=int, default=None, metavar="PIXELS",
+                        help="shorter side of the network input (default: the config's INPUT.MIN_SIZE_TEST)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="SCORE",
+                        help="score threshold of the classes without a per-class threshold (default: 0.5)")
+    parser.add_argument("--class-thresholds", default="", metavar="FILE",
+                        help="JSON {class name: threshold} file, from tools/compute_class_thresholds.py "
+                             "(default: none)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config options to override, e.g. MODEL.DEVICE cpu")
     return parser.parse_args(argv)
 
 
@@ -43,7 +67,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = default_cfg.clone()
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", args.min_image_size] + list(args.opts))
+    size = [] if args.min_image_size is None else ["INPUT.MIN_SIZE_TEST", args.min_image_size]
+    cfg.merge_from_list(size + list(args.opts))
     validate_config(cfg)
     cfg.freeze()
     if not os.path.isdir(args.images_dir):
@@ -76,7 +101,8 @@ def main(argv=None):
         done += 1
     if not args.output_dir:
         cv2.destroyAllWindows()
-    print(f"processed {done} of {len(names)} images")
+    where = f": the pictures are in {os.path.abspath(args.output_dir)}" if args.output_dir else ""
+    print(f"processed {done} of {len(names)} images{where}")
 
 
 if __name__ == "__main__":

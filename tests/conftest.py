@@ -55,3 +55,4 @@ def load_cfg(name, opts=()):
     c.merge_from_file(config_path(name) if not name.endswith(".yaml") else name)
     c.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return c
+

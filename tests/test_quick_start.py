@@ -57,6 +57,13 @@ def test_moving_average():
     assert plot_losses.moving_average(values, 100).tolist() == [1.0, 1.5, 2.0, 2.5, 3.0]
 
 
+def test_smoothing_window_is_at_most_a_tenth_of_the_run():
+    assert plot_losses.smoothing_window(20, 900) == 20
+    assert plot_losses.smoothing_window(20, 100) == 10
+    assert plot_losses.smoothing_window(20, 20) == 2
+    assert plot_losses.smoothing_window(20, 5) == 1
+
+
 def test_plot_losses_command_writes_a_png(tmp_path, capsys):
     _write_metrics(tmp_path / "train_metrics.jsonl", [_row(i, 2.0 / i) for i in range(1, 30)])
     plot_losses.main([str(tmp_path), "--smooth", "5"])

@@ -246,7 +246,45 @@ def test_test_net_config_errors():
     assert (args.local_rank, args.per_class_ap, args.use_last_checkpoint) == (1, True, True)
     cfg = tool.load_config(args)
     assert cfg.TEST.IMS_PER_BATCH == 4 and cfg.is_frozen()
-    assert tool.parse_args(["--local_rank", "3"]).local_rank == 3
+    assert tool.parse_args(["--config-file", CONFIG, "--local_rank", "3"]).local_rank == 3
+
+
+def test_test_net_asks_for_the_config_file(capsys):
+    tool = load_test_net()
+    with pytest.raises(SystemExit):
+        tool.parse_args(["MODEL.DEVICE", "cpu"])
+    assert "the following arguments are required: --config-file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--config-file nope.yaml: no such file"):
+        tool.load_config(tool.parse_args(["--config-file", "nope.yaml", "MODEL.WEIGHT", "x.pth"]))
+
+
+def test_test_net_default_output_dir_is_named_after_the_config_and_weights():
+    tool = load_test_net()
+    name = os.path.splitext(os.path.basename(CONFIG))[0]
+    cfg = tool.load_config(tool.parse_args(["--config-file", CONFIG, "MODEL.WEIGHT", "w/ATSS_R_50.pth"]))
+    assert cfg.OUTPUT_DIR == os.path.join("training_dir", name, "eval_ATSS_R_50")
+    # The last checkpoint of a training run: the folder train_net.py trains in.
+    cfg = tool.load_config(tool.parse_args(["--config-file", CONFIG, "--use-last-checkpoint"]))
+    assert cfg.OUTPUT_DIR == os.path.join("training_dir", name)
+    cfg = tool.load_config(tool.parse_args(["--config-file", CONFIG, "MODEL.WEIGHT", "x.pth",
+                                            "OUTPUT_DIR", "mine"]))
+    assert cfg.OUTPUT_DIR == "mine"
+
+
+def test_tools_help_has_examples_defaults_and_environment():
+    for script in ("tools/test_net.py", "tools/train_net.py", "demo/atss_demo.py"):
+        out = subprocess.run([sys.executable, script, "--help"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        text = out.stdout
+        assert "examples:" in text and "--config-file" in text, script
+        assert "MODEL.DEVICE" in text and "cuda" in text, script
+        if script != "demo/atss_demo.py":
+            assert "ATSS_DATA_DIR" in text and "training_dir/<config name>" in text, script
+            assert "--local_rank" in text and "torch.distributed.launch" in text, script
+    assert "--use-last-checkpoint" in subprocess.run(
+        [sys.executable, "tools/test_net.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.split("output:")[1]
 
 
 def test_test_net_refuses_options_after_config_pairs(capsys):

@@ -126,7 +126,8 @@ def test_resumed_loop_equals_uninterrupted_loop():
     scheduler.load_state_dict(first_sched.state_dict())
     do_train(model, batches[3:], optimizer, scheduler, checkpointer, torch.device("cpu"),
              start_iter=3, max_iter=6, checkpoint_period=2, log_period=2)
-    assert [name for name, _, _ in checkpointer.saves] == ["model_0000004", "model_0000006", "model_final"]
+    # Iteration 6 is the last: saved once, as model_final.
+    assert [name for name, _, _ in checkpointer.saves] == ["model_0000004", "model_final"]
     for a, b in zip(model.state_dict().values(), full.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert optimizer.param_groups[0]["lr"] == full_opt.param_groups[0]["lr"]
@@ -247,8 +248,9 @@ def test_grad_scaler_path_skips_overflowing_steps_and_checkpoints_its_state():
              start_iter=0, max_iter=4, checkpoint_period=1, log_period=1, grad_scaler=scaler)
 
     saves = [(extra["iteration"], extra["grad_scaler"]["scale"], state)
-             for name, extra, state in checkpointer.saves if name != "model_final"]
+             for name, extra, state in checkpointer.saves]
     assert [(it, scale) for it, scale, _ in saves] == [(1, 2.0**16), (2, 2.0**15), (3, 2.0**15), (4, 2.0**15)]
+    assert checkpointer.saves[-1][0] == "model_final"
     # iteration 1 equals plain fp32 training; iteration 2 (overflow) changed nothing
     for key, value in saves[0][2].items():
         assert torch.equal(value, plain_saves.saves[0][2][key])
@@ -314,11 +316,15 @@ def _load_train_net():
     return module
 
 
+CPU_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs", "atss", "cpu", "atss_R_18_FPN_coco128.yaml")
+
+
 def test_train_net_local_rank_spellings(monkeypatch):
     train_net = _load_train_net()
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert train_net.parse_args(["--local_rank", "3"]).local_rank == 3
-    assert train_net.parse_args(["--local-rank=2", "SOLVER.MAX_ITER", "5"]).local_rank == 2
+    assert train_net.parse_args(["--config-file", "x.yaml", "--local_rank", "3"]).local_rank == 3
+    assert train_net.parse_args(["--config-file", "x.yaml", "--local-rank=2", "SOLVER.MAX_ITER", "5"]).local_rank == 2
     monkeypatch.setenv("LOCAL_RANK", "1")
     args = train_net.parse_args(["--config-file", "x.yaml", "SOLVER.MAX_ITER", "5"])
     assert args.local_rank == 1 and args.opts == ["SOLVER.MAX_ITER", "5"]
@@ -326,7 +332,8 @@ def test_train_net_local_rank_spellings(monkeypatch):
 
 def test_train_net_refuses_fp16_on_cpu():
     train_net = _load_train_net()
-    args = train_net.parse_args(["MODEL.DEVICE", "cpu", "SOLVER.MIXED_PRECISION", "fp16"])
+    args = train_net.parse_args(["--config-file", CPU_CONFIG, "MODEL.DEVICE", "cpu",
+                                 "SOLVER.MIXED_PRECISION", "fp16"])
     with pytest.raises(ConfigError, match="fp16 needs MODEL.DEVICE cuda"):
         train_net.load_config(args)
 
@@ -334,6 +341,6 @@ def test_train_net_refuses_fp16_on_cpu():
 def test_train_net_refuses_cuda_without_a_gpu(monkeypatch):
     train_net = _load_train_net()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = train_net.load_config(train_net.parse_args(["MODEL.DEVICE", "cuda"]))
+    cfg = train_net.load_config(train_net.parse_args(["--config-file", CPU_CONFIG, "MODEL.DEVICE", "cuda"]))
     with pytest.raises(ConfigError, match="torch sees no GPU; pass MODEL.DEVICE cpu"):
         train_net.init_process(cfg.MODEL.DEVICE, 0)

@@ -69,29 +69,39 @@ def moving_average(values, window):
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
+def smoothing_window(smooth, num_iterations):
+    """The moving-average window actually used: ``smooth``, but at most a tenth
+    of the run, so that a short run is not averaged flat (1: no smoothing)."""
+    return max(1, min(int(smooth), num_iterations // 10))
+
+
 def plot_losses(metrics_path, out_path, smooth=20, title=None):
     """Write a PNG with the loss terms and their sum (raw, faint; smoothed over
-    ``smooth`` iterations, solid) above the learning rate. Returns
-    ``out_path``."""
+    :func:`smoothing_window` iterations, solid) above the learning rate, the
+    legend beside the plot. Returns ``out_path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = load_metrics(metrics_path)
     iterations = columns["iteration"]
+    window = smoothing_window(smooth, len(iterations))
     losses = ["loss"] + sorted(k for k in columns if k not in _NOT_LOSSES and k != "loss")
     figure, (ax_loss, ax_lr) = plt.subplots(
-        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for index, key in enumerate(losses):
         colour = f"C{index}"
-        ax_loss.plot(iterations, columns[key], color=colour, alpha=0.25, linewidth=0.8)
-        ax_loss.plot(iterations, moving_average(columns[key], smooth), color=colour,
+        if window > 1:
+            ax_loss.plot(iterations, columns[key], color=colour, alpha=0.25, linewidth=0.8)
+        ax_loss.plot(iterations, moving_average(columns[key], window), color=colour,
                      linewidth=2.0 if key == "loss" else 1.5, label=key)
-    ax_loss.set_ylabel(f"loss (mean of {smooth} iterations)")
+    ax_loss.set_ylabel(f"loss (mean of {window} iterations)" if window > 1 else "loss")
     ax_loss.set_yscale("log")
     ax_loss.grid(True, which="both", alpha=0.3)
-    ax_loss.legend(loc="upper right")
+    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_title(title or f"training losses: {metrics_path}", fontsize=10)
     if "lr" in columns:
         ax_lr.plot(iterations, columns["lr"], color="k")
@@ -117,7 +127,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Plot the training losses of a run")
     parser.add_argument("path", help="a training OUTPUT_DIR or its train_metrics.jsonl")
     parser.add_argument("--out", default="", help="PNG to write (default: losses.png beside the metrics)")
-    parser.add_argument("--smooth", type=int, default=20, help="moving-average window in iterations")
+    parser.add_argument("--smooth", type=int, default=20,
+                        help="moving-average window in iterations, at most a tenth of the run (default 20)")
     args = parser.parse_args(argv)
     path = os.path.join(args.path, "train_metrics.jsonl") if os.path.isdir(args.path) else args.path
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(path)), "losses.png")

@@ -15,8 +15,10 @@ For each dataset, ``OUTPUT_DIR/inference/<dataset>/`` receives ``bbox.json``
 timing, per-class AP with ``--per-class-ap``); the log goes to the console and
 ``OUTPUT_DIR/test_log.txt``. The weights are ``MODEL.WEIGHT``;
 ``--use-last-checkpoint`` loads the checkpoint named by
-``OUTPUT_DIR/last_checkpoint`` instead (the last one of a training run). See
-docs/EVALUATION.md.
+``OUTPUT_DIR/last_checkpoint`` instead (the last one of a training run).
+Without ``OUTPUT_DIR``: ``training_dir/<config name>`` with
+``--use-last-checkpoint``, else ``training_dir/<config name>/eval_<weights
+name>``. ``--help`` has examples. See docs/EVALUATION.md.
 """
 import os
 import sys
@@ -29,21 +31,43 @@ from atss_core.config import ConfigError  # noqa: E402
 from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
 from atss_core.engine import defaults  # noqa: E402
 from atss_core.engine.coco_eval import EvaluationError  # noqa: E402
-from atss_core.engine.defaults import config_from_args, default_argument_parser  # noqa: E402
+from atss_core.engine.defaults import (  # noqa: E402
+    config_from_args,
+    default_argument_parser,
+    default_output_dir,
+    start_run,
+)
 from atss_core.engine.inference import inference_on_datasets  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
-from atss_core.utils.comm import (  # noqa: E402
-    environment_summary,
-    get_rank,
-    init_process,
-    is_main_process,
-)
+from atss_core.utils.comm import get_rank, init_process, is_main_process  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
+EXAMPLES = """\
+  # the weights of a training run (OUTPUT_DIR/last_checkpoint), on the CPU
+  python tools/test_net.py --config-file configs/atss/cpu/atss_R_18_FPN_coco128.yaml \\
+      --use-last-checkpoint MODEL.DEVICE cpu
+  # a released checkpoint on COCO minival, on a GPU
+  python tools/test_net.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \\
+      MODEL.WEIGHT ATSS_R_50_FPN_1x.pth TEST.IMS_PER_BATCH 4
+  # multi-scale testing as configured in TEST.BBOX_AUG
+  python tools/test_net.py --config-file configs/atss/atss_dcnv2_X_101_64x4d_FPN_2x.yaml \\
+      MODEL.WEIGHT ATSS_dcnv2_X_101_64x4d_FPN_2x.pth TEST.BBOX_AUG.ENABLED True
+"""
+OUTPUT_HELP = """\
+  The weights are MODEL.WEIGHT, or with --use-last-checkpoint the checkpoint named by
+  OUTPUT_DIR/last_checkpoint; one of the two is required. The datasets are DATASETS.TEST.
+  OUTPUT_DIR receives test_log.txt, test_config.yml and inference/<dataset>/ with bbox.json
+  (COCO results) and metrics.json. Default OUTPUT_DIR: training_dir/<config name> with
+  --use-last-checkpoint (where tools/train_net.py trained), else
+  training_dir/<config name>/eval_<weights name>.
+"""
+
+
 def parse_args(argv=None):
-    parser = default_argument_parser("Evaluate an ATSS detector on COCO")
+    parser = default_argument_parser("Evaluate an ATSS detector on the COCO-format datasets of "
+                                     "DATASETS.TEST.", EXAMPLES, OUTPUT_HELP)
     parser.add_argument("--per-class-ap", dest="per_class_ap", action="store_true",
                         help="also report the AP of every category (log and metrics.json)")
     parser.add_argument("--use-last-checkpoint", dest="use_last_checkpoint", action="store_true",
@@ -65,6 +89,9 @@ def load_config(args):
     if not args.use_last_checkpoint and not cfg.MODEL.WEIGHT:
         raise ConfigError("MODEL.WEIGHT is empty: pass the trained weights, e.g. "
                           "MODEL.WEIGHT ATSS_R_50_FPN_1x.pth (or --use-last-checkpoint)")
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = default_output_dir(
+            args.config_file, weights=None if args.use_last_checkpoint else cfg.MODEL.WEIGHT)
     cfg.freeze()
     return cfg
 
@@ -77,9 +104,7 @@ def main(argv=None):
         if is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         logger = setup_logger("atss_core", cfg.OUTPUT_DIR, get_rank(), filename="test_log.txt")
-        logger.info("Command line arguments: %s", args)
-        logger.info("Environment:\n%s", environment_summary(device))
-        logger.info("Running with config:\n%s", cfg.dump())
+        start_run(cfg, args, device, logger, "test_config.yml")
 
         model = build_detection_model(cfg)
         model.to(device)
@@ -96,10 +121,12 @@ def main(argv=None):
                 cfg.MODEL.WEIGHT,
             )
         checkpointer.load(cfg.MODEL.WEIGHT, use_latest=args.use_last_checkpoint)
-        return inference_on_datasets(
-            cfg, model, device, output_root=os.path.join(cfg.OUTPUT_DIR, "inference"),
-            per_class_ap=args.per_class_ap, warmup_iters=args.warmup_iters,
-        )
+        output_root = os.path.join(cfg.OUTPUT_DIR, "inference")
+        results = inference_on_datasets(cfg, model, device, output_root=output_root,
+                                        per_class_ap=args.per_class_ap, warmup_iters=args.warmup_iters)
+        logger.info("Done: the results are in %s (bbox.json, metrics.json per dataset), the log in %s",
+                    os.path.abspath(output_root), os.path.abspath(os.path.join(cfg.OUTPUT_DIR, "test_log.txt")))
+        return results
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

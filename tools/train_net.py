@@ -9,7 +9,8 @@ r"""Train an ATSS detector.
         OUTPUT_DIR training_dir/atss_R_50_FPN_1x
     torchrun --nproc_per_node=8 tools/train_net.py --config-file ... (same options)
 
-``SOLVER.IMS_PER_BATCH`` is the batch over all processes. A run whose
+``SOLVER.IMS_PER_BATCH`` is the batch over all processes. ``OUTPUT_DIR``
+defaults to ``training_dir/<config name>``. A run whose
 OUTPUT_DIR holds a ``last_checkpoint`` resumes from it (model, optimizer,
 scheduler, iteration). After training, the model is evaluated on
 ``DATASETS.TEST`` unless ``--skip-test``. See docs/TRAINING.md.
@@ -25,7 +26,12 @@ from atss_core.config import ConfigError  # noqa: E402
 from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
 from atss_core.data import make_data_loader  # noqa: E402
 from atss_core.engine import defaults  # noqa: E402
-from atss_core.engine.defaults import config_from_args, default_argument_parser  # noqa: E402
+from atss_core.engine.defaults import (  # noqa: E402
+    config_from_args,
+    default_argument_parser,
+    default_output_dir,
+    start_run,
+)
 from atss_core.engine.inference import inference_on_datasets  # noqa: E402
 from atss_core.engine.trainer import (  # noqa: E402
     NonFiniteLossError,
@@ -37,19 +43,28 @@ from atss_core.engine.trainer import (  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
-from atss_core.utils.comm import (  # noqa: E402
-    environment_summary,
-    get_rank,
-    get_world_size,
-    init_process,
-    is_main_process,
-)
-from atss_core.utils.io import atomic_write_text  # noqa: E402
+from atss_core.utils.comm import get_rank, get_world_size, init_process, is_main_process  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
+EXAMPLES = """\
+  # on the CPU, the small COCO-subset config (ATSS_DATA_DIR: the folder that holds coco128/)
+  ATSS_DATA_DIR=../shared/data python tools/train_net.py \\
+      --config-file configs/atss/cpu/atss_R_18_FPN_coco128.yaml MODEL.DEVICE cpu
+  # 8 GPUs (SOLVER.IMS_PER_BATCH is the total batch)
+  torchrun --nproc_per_node=8 tools/train_net.py \\
+      --config-file configs/atss/atss_R_50_FPN_1x.yaml OUTPUT_DIR training_dir/r50
+"""
+OUTPUT_HELP = """\
+  OUTPUT_DIR (default: training_dir/<config name>) receives log.txt, config.yml,
+  train_metrics.jsonl, the checkpoints (model_<iteration>.pth, model_final.pth,
+  last_checkpoint) and, unless --skip-test, inference/<dataset>/ with bbox.json and
+  metrics.json. A run whose OUTPUT_DIR holds a last_checkpoint resumes from it.
+"""
+
+
 def parse_args(argv=None):
-    parser = default_argument_parser("Train an ATSS detector")
+    parser = default_argument_parser("Train an ATSS detector.", EXAMPLES, OUTPUT_HELP)
     parser.add_argument("--skip-test", dest="skip_test", action="store_true",
                         help="do not evaluate the final model on DATASETS.TEST")
     parser.add_argument("--seed", type=int, default=0,
@@ -61,6 +76,8 @@ def load_config(args):
     """The default config merged with ``--config-file`` and the trailing options,
     validated and frozen."""
     cfg = config_from_args(args)
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = default_output_dir(args.config_file)
     validate_training_config(cfg)
     cfg.freeze()
     return cfg
@@ -130,21 +147,13 @@ def main(argv=None):
         if output_dir and is_main_process():
             os.makedirs(output_dir, exist_ok=True)
         logger = setup_logger("atss_core", output_dir, get_rank())
-        logger.info("Command line arguments: %s", args)
-        logger.info("Environment:\n%s", environment_summary(device))
-        if args.config_file:
-            with open(args.config_file) as f:
-                logger.info("Config file %s:\n%s", args.config_file, f.read())
-        logger.info("Running with config:\n%s", cfg.dump())
-        if output_dir and is_main_process():
-            path = os.path.join(output_dir, "config.yml")
-            atomic_write_text(cfg.dump(), path)
-            logger.info("Saved the config to %s", path)
+        start_run(cfg, args, device, logger, "config.yml")
 
         model = train(cfg, device, args.seed, skip_test=args.skip_test)
         if not args.skip_test:
             output_root = os.path.join(output_dir, "inference") if output_dir else None
             inference_on_datasets(cfg, model, device, output_root)
+        logger.info("Done: the checkpoints, logs and results are in %s", os.path.abspath(output_dir))
         return model
     finally:
         if torch.distributed.is_initialized():

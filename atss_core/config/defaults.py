@@ -210,5 +210,6 @@ _C.TEST.BBOX_AUG.MERGE_TYPE = "vote"
 # --------------------------------------------------------------------------- #
 # Misc
 # --------------------------------------------------------------------------- #
-_C.OUTPUT_DIR = "."
+# Empty: the tools choose training_dir/<config name> (see atss_core/engine/defaults.py).
+_C.OUTPUT_DIR = ""
 _C.PATHS_CATALOG = os.path.join(os.path.dirname(__file__), "paths_catalog.py")

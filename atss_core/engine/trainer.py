@@ -219,7 +219,8 @@ def do_train(
         checkpointer: ``DetectronCheckpointer``; ``save(name, iteration=...)`` is
             called on every process (it writes on the main one) every
             ``checkpoint_period`` iterations (``model_{iter:07d}``) and at
-            ``max_iter`` (``model_final``).
+            ``max_iter`` (``model_final`` only, also when ``max_iter`` is a
+            multiple of the period).
         mixed_precision: "none", "fp16" or "bf16" (autocast on ``device``).
         grad_scaler: a ``torch.amp.GradScaler`` for fp16 (see
             :func:`make_grad_scaler`); its state is saved in the checkpoints as
@@ -317,10 +318,9 @@ def do_train(
             extra = {"iteration": iteration}
             if grad_scaler is not None:
                 extra["grad_scaler"] = grad_scaler.state_dict()
-            if iteration % checkpoint_period == 0:
-                checkpointer.save(f"model_{iteration:07d}", **extra)
-            if last:
-                checkpointer.save("model_final", **extra)
+            # The last iteration is saved once, as model_final, even when it
+            # falls on the checkpoint period.
+            checkpointer.save("model_final" if last else f"model_{iteration:07d}", **extra)
 
         if eval_now:
             eval_fn(iteration)

@@ -129,5 +129,6 @@ def environment_summary(device):
     if device.type == "cuda":
         lines.append(f"CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name(device)}")
     else:
-        lines.append(f"{torch.get_num_threads()} CPU threads per process")
+        lines.append(f"{torch.get_num_threads()} CPU threads per process, "
+                     f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     return "\n".join(lines)

@@ -29,8 +29,10 @@ class _TqdmStreamHandler(logging.StreamHandler):
 def setup_logger(name, save_dir, distributed_rank, filename="log.txt"):
     """Configure and return the logger ``name``.
 
-    Rank 0 logs INFO and above to stdout and, when ``save_dir`` is non-empty, to
-    ``save_dir/filename`` (appended to, so a resumed run continues the same file).
+    Rank 0 logs INFO and above to stdout and, when ``save_dir`` is non-empty,
+    DEBUG and above to ``save_dir/filename`` (appended to, so a resumed run
+    continues the same file): what only the log file needs (the full config, the
+    command line) is logged at DEBUG.
     Other ranks log WARNING and above to stderr. Calling it again replaces the
     handlers it installed before (tests and notebooks call it several times).
     """
@@ -56,7 +58,7 @@ def setup_logger(name, save_dir, distributed_rank, filename="log.txt"):
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(save_dir, filename), mode="a")
-        file_handler.setLevel(logging.INFO)
+        file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     return logger

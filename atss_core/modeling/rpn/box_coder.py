@@ -21,6 +21,15 @@ _BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
+def _log(x):
+    """``torch.log(x)`` correctly rounded to ``x.dtype`` on every device: computed
+    in float64 and rounded once. The float32 ``torch.log`` is within 1-2 ulp but
+    its last bit depends on the CPU's code path (it differed between an Intel and
+    an AMD CPU); rounding a float64 log gives the same targets everywhere, those
+    of the reference's fixtures (``tests/test_sample_selection.py``)."""
+    return torch.log(x.double()).to(x.dtype)
+
+
 def _centre_size(boxes):
     widths = boxes[:, 2] - boxes[:, 0] + 1
     heights = boxes[:, 3] - boxes[:, 1] + 1
@@ -59,8 +68,8 @@ class BoxCoder:
             (
                 wx * (gx - ax) / aw,
                 wy * (gy - ay) / ah,
-                ww * torch.log(gw / aw),
-                wh * torch.log(gh / ah),
+                ww * _log(gw / aw),
+                wh * _log(gh / ah),
             ),
             dim=1,
         )
