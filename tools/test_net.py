@@ -45,8 +45,8 @@ from atss_core.utils.logger import setup_logger  # noqa: E402
 
 
 EXAMPLES = """\
-  # the weights of a training run (OUTPUT_DIR/last_checkpoint), on the CPU
-  python tools/test_net.py --config-file configs/atss/cpu/atss_R_18_FPN_coco128.yaml \\
+  # the last checkpoint of tools/train_net.py on the same config, on the CPU
+  ATSS_DATA_DIR=/path/to/data python tools/test_net.py --config-file configs/atss/cpu/atss_R_18_FPN_coco128.yaml \\
       --use-last-checkpoint MODEL.DEVICE cpu
   # a released checkpoint on COCO minival, on a GPU
   python tools/test_net.py --config-file configs/atss/atss_R_50_FPN_1x.yaml \\

@@ -49,7 +49,7 @@ from atss_core.utils.logger import setup_logger  # noqa: E402
 
 EXAMPLES = """\
   # on the CPU, the small COCO-subset config (ATSS_DATA_DIR: the folder that holds coco128/)
-  ATSS_DATA_DIR=../shared/data python tools/train_net.py \\
+  ATSS_DATA_DIR=/path/to/data python tools/train_net.py \\
       --config-file configs/atss/cpu/atss_R_18_FPN_coco128.yaml MODEL.DEVICE cpu
   # 8 GPUs (SOLVER.IMS_PER_BATCH is the total batch)
   torchrun --nproc_per_node=8 tools/train_net.py \\

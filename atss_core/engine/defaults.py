@@ -16,7 +16,7 @@ TRAINING_ROOT = "training_dir"
 ENVIRONMENT_HELP = """\
 environment variables:
   ATSS_DATA_DIR      folder that holds the datasets (coco/, coco128/, shapes/, ...);
-                     default: datasets/ in the repository
+                     default: datasets/ in the current directory
   ATSS_DATASETS      JSON file registering more datasets (see docs/DATA.md)
   ATSS_WEIGHTS_DIR   folder of the ImageNet backbone weights that catalog:// names
                      (see INSTALL.md)
