@@ -14,7 +14,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def brute_force_nms(boxes, scores, threshold, labels=None):
-    """O(N^2) greedy NMS, one box pair at a time, with numpy scalars of the boxes' dtype."""
+    """O(N^2) greedy NMS, one box pair at a time, with numpy scalars of the boxes' dtype:
+    visit by descending score (stable), suppress at IoU > threshold, return the kept
+    indices in ascending order (the reference's CUDA kernel)."""
     np_dtype = np.float64 if boxes.dtype == torch.float64 else np.float32
     b = boxes.cpu().numpy().astype(np_dtype)
     n = len(b)
@@ -37,9 +39,9 @@ def brute_force_nms(boxes, scores, threshold, labels=None):
             continue
         keep.append(i)
         for j in order[a + 1:]:
-            if not removed[j] and lab[j] == lab[i] and iou(i, j) >= thr:
+            if not removed[j] and lab[j] == lab[i] and iou(i, j) > thr:
                 removed[j] = True
-    return torch.tensor(keep, dtype=torch.int64)
+    return torch.tensor(sorted(keep), dtype=torch.int64)
 
 
 def random_boxes(n, seed, dtype=torch.float32, device="cpu", score_levels=None):
@@ -105,24 +107,35 @@ def test_ties_keep_input_order(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_threshold_is_inclusive_and_plus_one_convention(device):
-    # area 100 and 50, intersection 50 -> IoU exactly 0.5 with the +1 convention.
+@pytest.mark.parametrize("path", ["dispatch", "fallback"])
+def test_threshold_is_strict_and_plus_one_convention(device, path):
+    run = (lambda b, s, t, lab=None: _nms_torch(b, s, lab, t)) if path == "fallback" else (
+        lambda b, s, t, lab=None: nms(b, s, t) if lab is None else ml_nms(b, s, lab, t))
+    # area 100 and 50, intersection 50 -> IoU exactly 0.5 with the +1 convention:
+    # not suppressed at 0.5 (the reference's CUDA kernel tests IoU > threshold).
     boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 4.]], device=device)
     scores = torch.tensor([0.9, 0.8], device=device)
-    assert nms(boxes, scores, 0.5).tolist() == [0]
-    assert nms(boxes, scores, 0.51).tolist() == [0, 1]
+    assert run(boxes, scores, 0.5).tolist() == [0, 1]
+    assert run(boxes, scores, 0.49).tolist() == [0]
+    # The issue's case: area 100 and 60, intersection 60 -> IoU 0.6 exactly; same label.
+    boxes = torch.tensor([[0, 0, 9, 9], [0, 0, 9, 5.]], device=device)
+    labels = torch.tensor([3, 3], device=device)
+    assert run(boxes, scores, 0.6, labels).tolist() == [0, 1]
+    assert run(boxes, scores, 0.59, labels).tolist() == [0]
     # Touching boxes share one pixel column under the +1 convention: IoU = 10 / 190.
     touching = torch.tensor([[0, 0, 9, 9], [9, 0, 18, 9.]], device=device)
-    assert nms(touching, scores, 0.06).tolist() == [0, 1]
-    assert nms(touching, scores, 0.05).tolist() == [0]
+    assert run(touching, scores, 0.06).tolist() == [0, 1]
+    assert run(touching, scores, 0.05).tolist() == [0]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_output_order_is_descending_score(device):
+def test_output_order_is_ascending_index(device):
     boxes, scores, labels = random_boxes(300, seed=3, device=device)
     for keep in (nms(boxes, scores, 0.5), ml_nms(boxes, scores, labels, 0.5)):
-        kept_scores = scores[keep]
-        assert torch.all(kept_scores[:-1] >= kept_scores[1:])
+        assert torch.all(keep[:-1] < keep[1:])
+    # A lower-scoring box with a smaller index comes first.
+    boxes = torch.tensor([[0, 0, 9, 9], [50, 50, 59, 59.]], device=device)
+    assert nms(boxes, torch.tensor([0.2, 0.9], device=device), 0.5).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("device", DEVICES)

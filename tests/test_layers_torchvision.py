@@ -1,11 +1,12 @@
 """Our kernels against torchvision.ops, an independent implementation of the same functions.
 
 - ``nms`` / ``ml_nms`` (+1 convention) equal ``torchvision.ops.nms`` / ``batched_nms`` on
-  boxes widened by one pixel (``x2 + 1``, ``y2 + 1``). torchvision suppresses IoU ``>``
-  the threshold where we suppress ``>=``, and its score sort is not guaranteed stable,
-  so the inputs avoid ties: box corners on a 1/256 pixel grid (the ``+ 1`` and
-  torchvision's class offsets are exact, so both compute bit-identical IoUs) and
-  distinct scores.
+  boxes widened by one pixel (``x2 + 1``, ``y2 + 1``); both suppress at IoU ``>`` the
+  threshold. torchvision returns the kept indices by descending score, we in ascending
+  index order (as the reference), so the sets are compared sorted. Its score sort is
+  not guaranteed stable, so the inputs avoid ties: box corners on a 1/256 pixel grid
+  (the ``+ 1`` and torchvision's class offsets are exact, so both compute bit-identical
+  IoUs) and distinct scores.
 - The focal loss equals ``torchvision.ops.sigmoid_focal_loss`` on one-hot targets, with
   the ignored rows (target -1) set to 0.
 - ``modulated_deform_conv`` equals ``deform_conv2d(..., mask=mask)`` and ``deform_conv``
@@ -85,7 +86,7 @@ def test_nms_matches_torchvision(device, path, n, dtype, class_wise):
     labels = labels if class_wise else None
     for threshold in (0.3, 0.5, 0.7):
         got = our_nms(path, boxes, scores, threshold, labels)
-        want = torchvision_nms(boxes, scores, threshold, labels)
+        want = torchvision_nms(boxes, scores, threshold, labels).sort().values
         assert torch.equal(got.cpu(), want.cpu()), f"threshold {threshold}"
 
 

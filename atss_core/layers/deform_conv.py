@@ -209,9 +209,10 @@ class _DeformConvBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """weight ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias = 0."""
-        fan_in = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
+        """weight ~ U(-1/sqrt(n), 1/sqrt(n)) with n = in_channels * kh * kw (not
+        divided by ``groups``: the reference's rule), bias = 0."""
+        n = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(n)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -253,8 +254,9 @@ class DFConv2d(nn.Module):
     """Deformable conv that predicts its own offsets (and mask) from its input.
 
     Submodules: ``offset`` (``nn.Conv2d`` in_channels -> dg * kh * kw * (3 if modulated
-    else 2), zero-initialised so training starts as a regular convolution) and
-    ``conv`` (:class:`ModulatedDeformConv` or :class:`DeformConv`).
+    else 2); weight kaiming-uniform with ``a=1``, bias 0, as the reference initialises
+    it; the ATSS head re-initialises it from N(0, 0.01) with its other convolutions)
+    and ``conv`` (:class:`ModulatedDeformConv` or :class:`DeformConv`).
     ``forward(x) -> [N, out_channels, H_out, W_out]``.
     """
 
@@ -267,7 +269,7 @@ class DFConv2d(nn.Module):
         per_tap = 3 if with_modulated_dcn else 2
         self.offset = nn.Conv2d(in_channels, deformable_groups * kh * kw * per_tap, (kh, kw),
                                 stride=stride, padding=padding, dilation=dilation, bias=True)
-        nn.init.zeros_(self.offset.weight)
+        nn.init.kaiming_uniform_(self.offset.weight, a=1)
         nn.init.zeros_(self.offset.bias)
         conv_cls = ModulatedDeformConv if with_modulated_dcn else DeformConv
         self.conv = conv_cls(in_channels, out_channels, (kh, kw), stride=stride, padding=padding,

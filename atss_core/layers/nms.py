@@ -6,9 +6,11 @@ Conventions (those of the reference ATSS / maskrcnn-benchmark kernels):
   ``area = (x2 - x1 + 1) * (y2 - y1 + 1)`` and the intersection width is
   ``max(0, min(x2) - max(x1) + 1)`` (likewise the height);
 - boxes are visited by descending score; a stable sort keeps ties in input order;
-- a box is suppressed by a kept box when their IoU ``>= iou_threshold``;
+- a box is suppressed by a kept box when their IoU ``> iou_threshold``
+  (strictly: the reference's detection path runs its CUDA kernel, which does
+  this; a pair at exactly the threshold keeps both boxes);
 - the result is an int64 tensor of the indices of the kept boxes, in
-  descending score order.
+  ascending index order (as the reference's kernels return them; not by score).
 
 The compiled kernels of ``atss_core._C`` are used when available for the
 device; otherwise an equivalent pure-PyTorch implementation runs.
@@ -63,10 +65,10 @@ def nms(boxes, scores, iou_threshold):
     Args:
         boxes (Tensor[N, 4]): xyxy boxes, +1 width convention.
         scores (Tensor[N]): one score per box.
-        iou_threshold (float): suppress boxes whose IoU with a kept box is ``>=`` this.
+        iou_threshold (float): suppress boxes whose IoU with a kept box is ``>`` this.
 
     Returns:
-        LongTensor[K]: indices of the kept boxes, by descending score.
+        LongTensor[K]: indices of the kept boxes, in ascending order.
     """
     _check(boxes, scores, None, iou_threshold)
     return _dispatch("nms", boxes, scores, None, float(iou_threshold))
@@ -79,10 +81,10 @@ def ml_nms(boxes, scores, labels, iou_threshold):
         boxes (Tensor[N, 4]): xyxy boxes, +1 width convention.
         scores (Tensor[N]): one score per box.
         labels (Tensor[N], integer): class of each box.
-        iou_threshold (float): suppression threshold (IoU ``>=``).
+        iou_threshold (float): suppression threshold (IoU ``>``).
 
     Returns:
-        LongTensor[K]: indices of the kept boxes, by descending score.
+        LongTensor[K]: indices of the kept boxes, in ascending order.
     """
     _check(boxes, scores, labels, iou_threshold)
     return _dispatch("ml_nms", boxes, scores, labels, float(iou_threshold))
@@ -112,7 +114,7 @@ def _suppression_rows(boxes, labels, start, stop, iou_threshold):
     h = torch.minimum(y2[r, None], y2[c]).sub_(torch.maximum(y1[r, None], y1[c])).add_(1).clamp_(min=0)
     inter = w.mul_(h)
     union = (area[r, None] + area[c]).sub_(inter)
-    sup = inter.div_(union) >= iou_threshold
+    sup = inter.div_(union) > iou_threshold
     if labels is not None:
         sup &= labels[r, None] == labels[c]
     return sup.triu_(diagonal=1)
@@ -135,7 +137,7 @@ def _nms_torch(boxes, scores, labels, iou_threshold):
                 keep.append(i)
                 removed[i:] |= sup[i - start, i - start:]
     keep = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
-    return order[keep]
+    return order[keep].sort().values
 
 
 

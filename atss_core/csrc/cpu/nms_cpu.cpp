@@ -1,6 +1,8 @@
 // Greedy NMS on CPU (plain and class-wise), reference "+1" box convention.
 //
-// Boxes are stably sorted by descending score. Class-wise NMS splits them into
+// Boxes are stably sorted by descending score; a kept box suppresses the later
+// boxes whose IoU with it is > the threshold (strictly, as the reference's CUDA
+// kernel), and the kept indices are returned in ascending index order. Class-wise NMS splits them into
 // one run per label (keeping score order inside each run) and handles the runs
 // in parallel; plain NMS is a single run. Inside a run the suppression loop is
 // branch-free over structure-of-arrays coordinates so that it vectorises.
@@ -54,7 +56,7 @@ void greedy_run(const BoxArrays<scalar_t>& b, int64_t begin, int64_t end, scalar
       const scalar_t w = std::max(scalar_t(0), std::min(ix2, x2[j]) - std::max(ix1, x1[j]) + scalar_t(1));
       const scalar_t h = std::max(scalar_t(0), std::min(iy2, y2[j]) - std::max(iy1, y1[j]) + scalar_t(1));
       const scalar_t inter = w * h;
-      rem[j] |= static_cast<uint8_t>(inter / (iarea + area[j] - inter) >= threshold);
+      rem[j] |= static_cast<uint8_t>(inter / (iarea + area[j] - inter) > threshold);
     }
   }
 }
@@ -69,10 +71,10 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
   const at::Tensor score_order =
       std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   at::Tensor visit = score_order;  // boxes in the order the greedy runs visit them
-  at::Tensor positions;            // class-wise: score-order position of each visited box
   std::vector<int64_t> run_starts = {0, n};
   if (labels.has_value()) {
-    positions = std::get<1>(labels->index_select(0, score_order).sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+    const at::Tensor positions = std::get<1>(
+        labels->index_select(0, score_order).sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
     visit = score_order.index_select(0, positions);
     const at::Tensor grouped = labels->index_select(0, visit).contiguous();
     const int64_t* lab = grouped.data_ptr<int64_t>();
@@ -97,17 +99,16 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
       }
     });
   });
-  if (labels.has_value()) {
-    // Back to score order. A plain loop: index_put_ would run this O(n) scatter on the
-    // thread pool, which costs milliseconds when the other cores are busy.
-    at::Tensor by_score = at::empty_like(keep);
-    const int64_t* pos = positions.data_ptr<int64_t>();
-    const bool* src = keep.data_ptr<bool>();
-    bool* dst = by_score.data_ptr<bool>();
-    for (int64_t i = 0; i < n; ++i) dst[pos[i]] = src[i];
-    keep = by_score;
-  }
-  return score_order.masked_select(keep);
+  // The kept boxes in ascending index order, as the reference's kernels return them.
+  // A plain loop: index_put_ would run this O(n) scatter on the thread pool, which
+  // costs milliseconds when the other cores are busy.
+  at::Tensor by_index = at::zeros_like(keep);
+  const at::Tensor visit_c = visit.contiguous();
+  const int64_t* vis = visit_c.data_ptr<int64_t>();
+  const bool* src = keep.data_ptr<bool>();
+  bool* dst = by_index.data_ptr<bool>();
+  for (int64_t i = 0; i < n; ++i) dst[vis[i]] = src[i];
+  return by_index.nonzero().squeeze(1);
 }
 
 }  // namespace atss

@@ -2,11 +2,12 @@
 //
 // 1. Boxes are stably sorted by descending score.
 // 2. nms_mask_kernel: for each box i and each block of 64 later boxes, a 64-bit
-//    word whose bit t says "box i suppresses box 64 * block + t" (only blocks at
-//    or right of i's own block are computed).
+//    word whose bit t says "box i suppresses box 64 * block + t", i.e. their IoU
+//    is > the threshold (only blocks at or right of i's own block are computed).
 // 3. nms_gather_kernel: one thread block walks the boxes in order and keeps a box
 //    when no kept box before it suppresses it, OR-ing the kept box's mask row into
 //    the "removed" bitset (each thread owns a strided subset of its words).
+// 4. The kept boxes are returned in ascending index order (as the reference's kernel).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -52,7 +53,7 @@ __global__ void nms_mask_kernel(const scalar_t* __restrict__ boxes,
   const int first = col_block == row_block ? threadIdx.x + 1 : 0;
   for (int t = first; t < cols; ++t) {
     if (labels != nullptr && col_labels[t] != row_label) continue;
-    if (box_iou_plus1(row_box, col_boxes + t * 4) >= threshold) bits |= 1ULL << t;
+    if (box_iou_plus1(row_box, col_boxes + t * 4) > threshold) bits |= 1ULL << t;
   }
   mask[row * col_blocks + col_block] = bits;
 }
@@ -123,7 +124,10 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
       use_shared ? nullptr : reinterpret_cast<unsigned long long*>(removed.data_ptr<int64_t>()),
       keep.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return order.masked_select(keep);
+  // Ascending index order, as the reference's kernel returns the kept boxes.
+  at::Tensor by_index = at::zeros_like(keep);
+  by_index.index_put_({order}, keep);
+  return by_index.nonzero().squeeze(1);
 }
 
 }  // namespace atss

@@ -46,9 +46,11 @@ class ATSSHead(nn.Module):
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, num_anchors, 3, padding=1)
 
-        offset_convs = {id(m.offset) for m in self.modules() if isinstance(m, DFConv2d)}
+        # Every nn.Conv2d of the head, the offset convs of the DCN towers included,
+        # starts from N(0, 0.01) with zero bias (the reference's initialisation); the
+        # deformable convolutions themselves keep their own (ModulatedDeformConv).
         for module in self.modules():
-            if isinstance(module, nn.Conv2d) and id(module) not in offset_convs:
+            if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - atss.PRIOR_PROB) / atss.PRIOR_PROB))
