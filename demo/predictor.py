@@ -17,7 +17,8 @@ from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer
 
-# The 80 COCO categories in contiguous-id order 1..80 (json ids sorted).
+# The 80 COCO categories in contiguous-id order 1..80 (the annotation file's order,
+# which for COCO is ascending json id).
 COCO_CLASS_NAMES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -44,7 +45,7 @@ def class_names_for(cfg):
             continue
         if os.path.isfile(ann_file):
             with open(ann_file) as f:
-                categories = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
+                categories = json.load(f).get("categories", [])  # file order = label order
             if len(categories) == num:
                 return [c["name"] for c in categories]
     if num == len(COCO_CLASS_NAMES):

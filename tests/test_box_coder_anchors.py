@@ -87,3 +87,20 @@ def test_point_coder_matches_reference_and_round_trips():
 def test_unknown_regression_type():
     with pytest.raises(ValueError, match="BOX or POINT"):
         BoxCoder("CORNER")
+
+
+def test_maskrcnn_benchmark_style_weights_and_clip():
+    """BoxCoder(weights=..., bbox_xform_clip=...) as in maskrcnn-benchmark."""
+    gt, anchors = random_boxes(30, 4), random_boxes(30, 5)
+    default = BoxCoder("BOX")
+    same = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    assert torch.equal(same.encode(gt, anchors), default.encode(gt, anchors))
+    unit = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+    t = unit.encode(gt, anchors)
+    assert torch.allclose(t * torch.tensor([10.0, 10.0, 5.0, 5.0]), default.encode(gt, anchors), atol=1e-5)
+    assert torch.allclose(unit.decode(t, anchors), gt, atol=1e-3)
+    clipped = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0), bbox_xform_clip=math.log(2.0))
+    box = clipped.decode(torch.tensor([[0.0, 0.0, 5.0, 5.0]]), torch.tensor([[0.0, 0.0, 63.0, 63.0]]))
+    assert float(box[0, 2] - box[0, 0] + 1) == pytest.approx(128.0)
+    with pytest.raises(ValueError, match="4 positive numbers"):
+        BoxCoder(weights=(1.0, 1.0, 1.0))

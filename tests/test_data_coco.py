@@ -67,9 +67,10 @@ def make_dataset(folder, with_annotations=True):
 def test_category_mapping_and_ids(tmp_path):
     ann_file, root = make_dataset(tmp_path)
     ds = COCODataset(ann_file, root, remove_images_without_annotations=False)
-    assert ds.json_category_id_to_contiguous_id == {3: 1, 7: 2}
-    assert ds.contiguous_category_id_to_json_id == {1: 3, 2: 7}
-    assert ds.categories == {1: "three", 2: "seven"}
+    # The file's order (7 before 3), as the reference (COCO.getCatIds()), not sorted ids.
+    assert ds.json_category_id_to_contiguous_id == {7: 1, 3: 2}
+    assert ds.contiguous_category_id_to_json_id == {1: 7, 2: 3}
+    assert ds.categories == {1: "seven", 2: "three"}
     assert ds.ids == [1, 2, 3, 4, 5] and ds.id_to_img_map == {0: 1, 1: 2, 2: 3, 3: 4, 4: 5}
     info = ds.get_img_info(2)
     assert {k: info[k] for k in ("id", "height", "width", "file_name")} == {
@@ -87,7 +88,7 @@ def test_training_filters_images_and_boxes(tmp_path):
     # crowd, the 0.5-wide box and the box outside the image are gone; the box
     # sticking out is clipped to x <= 39, y <= 29 (+1 convention).
     assert target.bbox.tolist() == [[10.0, 5.0, 29.0, 14.0], [30.0, 20.0, 39.0, 29.0]]
-    assert target.get_field("labels").tolist() == [1, 2]
+    assert target.get_field("labels").tolist() == [2, 1]  # json ids 3 and 7: file order 7, 3
     assert target.get_field("labels").dtype == torch.int64
     _, crowd_only, _ = ds[1]
     assert len(crowd_only) == 0 and crowd_only.get_field("labels").dtype == torch.int64

@@ -24,7 +24,8 @@ from atss_core.engine.coco_eval import (
 from atss_core.engine.inference import rescale_to_original, summarize_timing
 from atss_core.structures import BoxList
 
-# Two categories with non-contiguous json ids (contiguous 1 -> 3 "cat", 2 -> 7 "dog"),
+# Two categories with non-contiguous json ids, listed unsorted: contiguous labels follow
+# the file's order (1 -> 7 "dog", 2 -> 3 "cat"), as the reference's COCO.getCatIds().
 # objects of every COCO size (small < 32^2 <= medium < 96^2 <= large), one crowd region.
 CATEGORIES = [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]
 IMAGES = [
@@ -217,7 +218,7 @@ def test_split_without_annotations_writes_only_bbox_json(tmp_path, caplog):
         assert do_coco_evaluation(dataset, predictions, str(out), "test_dev") is None
     assert sorted(os.listdir(out)) == ["bbox.json"]
     with open(out / "bbox.json") as f:
-        assert json.load(f) == [{"image_id": 42, "category_id": 7,
+        assert json.load(f) == [{"image_id": 42, "category_id": 3,
                                  "bbox": [1.0, 2.0, 10.0, 19.0], "score": 0.5}]
     assert "ready to upload to the COCO evaluation server" in caplog.text
     with pytest.raises(EvaluationError, match="no 'annotations'"):
@@ -258,7 +259,7 @@ def test_predictions_with_wrong_size_or_labels_are_errors(dataset):
     with pytest.raises(EvaluationError, match=r"image 42 .* size \(320, 240\).*\(640, 480\)"):
         predictions_to_coco_results({index: prediction}, dataset)
     prediction = prediction.resize((640, 480))
-    assert predictions_to_coco_results({index: prediction}, dataset)[0]["category_id"] == 3
+    assert predictions_to_coco_results({index: prediction}, dataset)[0]["category_id"] == 7
     prediction.add_field("labels", torch.tensor([3]))
     with pytest.raises(EvaluationError, match="labels 3 .*NUM_CLASSES"):
         predictions_to_coco_results({index: prediction}, dataset)

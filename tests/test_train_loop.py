@@ -291,6 +291,10 @@ def test_smoothed_value_and_metric_logger():
     meters.update(loss=4.0, time=1.5)
     assert "loss" in meters and meters["time"].global_avg == pytest.approx(1.0)
     assert str(meters) == "loss: 3.0000 (3.0000) | time: 1.0000 (1.0000)"
+    # maskrcnn-benchmark's attribute access
+    assert meters.loss is meters["loss"] and meters.time.global_avg == pytest.approx(1.0)
+    with pytest.raises(AttributeError, match="no attribute or meter 'nope'; meters: loss, time"):
+        meters.nope
 
 
 def test_setup_logger_writes_only_on_rank_0(tmp_path):

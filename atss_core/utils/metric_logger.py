@@ -56,6 +56,14 @@ class MetricLogger:
     def __getitem__(self, name):
         return self.meters[name]
 
+    def __getattr__(self, name):
+        """``meters.loss`` as well as ``meters["loss"]`` (maskrcnn-benchmark's style)."""
+        meters = self.__dict__.get("meters", {})
+        if name in meters:
+            return meters[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or meter {name!r}; "
+                             f"meters: {', '.join(meters) or 'none yet'}")
+
     def __contains__(self, name):
         return name in self.meters
 

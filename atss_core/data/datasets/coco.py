@@ -93,8 +93,10 @@ class COCODataset(torch.utils.data.Dataset):
             drops (that image then has no detections). Defaults to
             ``remove_images_without_annotations``.
 
-    Category ids: ``json_category_id_to_contiguous_id`` maps the file's ids,
-    sorted, to 1..C (0 is the background inside the model);
+    Category ids: ``json_category_id_to_contiguous_id`` maps the file's ids, in
+    the order the file lists its categories (``COCO.getCatIds()``, as the
+    reference does; for COCO that is ascending id order), to 1..C (0 is the
+    background inside the model);
     ``contiguous_category_id_to_json_id`` is its inverse and ``categories``
     maps contiguous id -> name.
 
@@ -128,7 +130,7 @@ class COCODataset(torch.utils.data.Dataset):
         if remove_images_without_annotations:
             self.ids = [i for i in self.ids if has_valid_annotation(self.coco.imgToAnns[i])]
         self.json_category_id_to_contiguous_id = {
-            json_id: i + 1 for i, json_id in enumerate(sorted(self.coco.cats))
+            json_id: i + 1 for i, json_id in enumerate(self.coco.getCatIds())
         }
         self.contiguous_category_id_to_json_id = {
             v: k for k, v in self.json_category_id_to_contiguous_id.items()

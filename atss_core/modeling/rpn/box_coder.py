@@ -41,10 +41,19 @@ def _centre_size(boxes):
 class BoxCoder:
     """Encodes xyxy boxes as regression targets relative to anchors and back."""
 
-    def __init__(self, regression_type="BOX", anchor_size=64.0, anchor_stride=8.0):
+    def __init__(self, regression_type="BOX", anchor_size=64.0, anchor_stride=8.0, *,
+                 weights=_BOX_WEIGHTS, bbox_xform_clip=_BBOX_XFORM_CLIP):
+        """``weights`` (wx, wy, ww, wh) and ``bbox_xform_clip`` (largest dw / dh
+        into ``exp``) of the BOX type, as maskrcnn-benchmark's
+        ``BoxCoder(weights=..., bbox_xform_clip=...)``; ATSS uses the defaults."""
         if regression_type not in ("BOX", "POINT"):
             raise ValueError(f"regression_type must be BOX or POINT, got {regression_type!r}")
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != 4 or min(weights) <= 0:
+            raise ValueError(f"weights must be 4 positive numbers (wx, wy, ww, wh), got {weights!r}")
         self.regression_type = regression_type
+        self.weights = weights
+        self.bbox_xform_clip = float(bbox_xform_clip)
         # POINT: anchor size in units of the stride.
         self.point_norm = float(anchor_size) / float(anchor_stride)
 
@@ -63,7 +72,7 @@ class BoxCoder:
                 dim=1,
             )
         gw, gh, gx, gy = _centre_size(gt_boxes)
-        wx, wy, ww, wh = _BOX_WEIGHTS
+        wx, wy, ww, wh = self.weights
         return torch.stack(
             (
                 wx * (gx - ax) / aw,
@@ -89,11 +98,11 @@ class BoxCoder:
                 ),
                 dim=1,
             )
-        wx, wy, ww, wh = _BOX_WEIGHTS
+        wx, wy, ww, wh = self.weights
         dx = preds[:, 0] / wx
         dy = preds[:, 1] / wy
-        dw = (preds[:, 2] / ww).clamp(max=_BBOX_XFORM_CLIP)
-        dh = (preds[:, 3] / wh).clamp(max=_BBOX_XFORM_CLIP)
+        dw = (preds[:, 2] / ww).clamp(max=self.bbox_xform_clip)
+        dh = (preds[:, 3] / wh).clamp(max=self.bbox_xform_clip)
         ctr_x = dx * aw + ax
         ctr_y = dy * ah + ay
         half_w = 0.5 * (torch.exp(dw) * aw - 1)
