@@ -4,8 +4,9 @@ import io
 import logging
 import os
 
-import cv2
+import numpy as np
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 
 from atss_core.structures.bounding_box import BoxList
@@ -16,6 +17,21 @@ logger = logging.getLogger(__name__)
 # Consecutive unreadable images tolerated while looking for a replacement
 # during training before concluding that the image folder itself is broken.
 _MAX_REPLACEMENTS = 32
+
+
+def read_image_file(path):
+    """[H, W, 3] uint8 BGR array of the image file ``path``, decoded as the
+    reference does: Pillow's ``Image.open(path).convert("RGB")`` (grayscale and
+    palette images become RGB, an alpha channel is dropped, EXIF orientation is
+    not applied, as the COCO sizes assume). None when the file is missing, not
+    an image or truncated (Pillow refuses to decode a truncated file instead of
+    filling the rest with grey)."""
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def has_valid_annotation(anns):
@@ -159,13 +175,10 @@ class COCODataset(torch.utils.data.Dataset):
     def read_image(self, index):
         """[H, W, 3] uint8 BGR array of image ``index``, or None (with a logged
         warning) when it cannot be read or its size differs from the annotation
-        file's. EXIF orientation is ignored, as the COCO sizes assume."""
+        file's. See :func:`read_image_file`."""
         info = self.get_img_info(index)
         path = self.image_path(index)
-        try:
-            image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        except cv2.error:
-            image = None
+        image = read_image_file(path)
         if image is None:
             logger.warning(
                 "dataset %r: cannot read image %s (missing, truncated or not an image); "

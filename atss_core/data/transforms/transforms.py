@@ -2,8 +2,12 @@
 
 Conventions:
 
-* Before :class:`ToTensor` the image is an OpenCV array: ``numpy.uint8`` of
-  shape [H, W, 3] in BGR order (what ``cv2.imread`` returns).
+* Before :class:`ToTensor` the image is a ``numpy.uint8`` array of shape
+  [H, W, 3] in BGR order (what the datasets return and ``cv2.imread`` gives).
+* Resizing is Pillow's bilinear ``Image.resize``, as in the reference (which
+  resizes PIL images with torchvision): when shrinking it filters over the
+  whole footprint of each output pixel, unlike ``cv2.resize(INTER_LINEAR)``,
+  so the network sees the reference's pixels exactly, at every scale.
 * After :class:`ToTensor` it is a ``torch.float32`` tensor [3, H, W], still BGR
   with values in 0..255; :class:`Normalize` turns it into the network input.
 * ``target`` is a :class:`~atss_core.structures.BoxList` in the pixel
@@ -18,6 +22,7 @@ seeding) makes them reproducible.
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from atss_core.structures.bounding_box import FLIP_LEFT_RIGHT
 
@@ -50,12 +55,14 @@ def get_size(image_size, min_size, max_size=None):
 
 
 def resize_image(image, min_size, max_size=None):
-    """``image`` ([H, W, C] array) resized with :func:`get_size` (bilinear)."""
+    """``image`` ([H, W, 3] uint8 array, any channel order) resized to the size
+    of :func:`get_size` with Pillow's bilinear filter: the reference's pixels."""
     h, w = image.shape[:2]
     new_h, new_w = get_size((w, h), min_size, max_size)
     if (new_h, new_w) == (h, w):
         return image
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR)
+    return np.asarray(resized)
 
 
 class Compose:
