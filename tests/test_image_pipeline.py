@@ -142,3 +142,22 @@ def test_truncated_and_broken_files_are_refused(tmp_path):
     assert read_image_file(str(good)) is not None
     for name in ("truncated.jpg", "text.jpg", "missing.jpg"):
         assert read_image_file(str(tmp_path / name)) is None, name
+
+
+@requires_coco128()
+def test_data_benchmark_runs(capsys):
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_data", os.path.join(REPO_ROOT, "benchmarks", "bench_data.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        rates = bench.main(["--image-dir", os.path.join(COCO128_DIR, "train2017"), "--images", "2",
+                            "--repeats", "1", "--min-size", "200", "--max-size", "333"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(rates) == {"pillow", "opencv"} and all(v[0] > 0 for v in rates.values())
+    assert "images per second per worker" in capsys.readouterr().out
