@@ -195,10 +195,15 @@ def test_dfconv2d_state_dict_names_and_shapes():
 
 
 @pytest.mark.parametrize("modulated", [True, False])
-def test_dfconv2d_starts_as_regular_conv(modulated):
+def test_dfconv2d_with_still_offsets_is_a_regular_conv(modulated):
     torch.manual_seed(0)
     dcn = DFConv2d(8, 16, with_modulated_dcn=modulated, groups=2, stride=2, deformable_groups=2)
-    assert torch.all(dcn.offset.weight == 0) and torch.all(dcn.offset.bias == 0)
+    # The reference's initialisation: kaiming-uniform (a=1) offset weights, zero bias.
+    bound = (3 / (8 * 9)) ** 0.5
+    assert dcn.offset.weight.abs().max() <= bound and dcn.offset.weight.abs().max() > 0.9 * bound
+    assert torch.all(dcn.offset.bias == 0)
+    with torch.no_grad():
+        dcn.offset.weight.zero_()
     x = torch.randn(2, 8, 11, 10)
     want = F.conv2d(x, dcn.conv.weight, None, stride=2, padding=1, groups=2)
     if modulated:
@@ -209,7 +214,7 @@ def test_dfconv2d_starts_as_regular_conv(modulated):
 def test_module_init():
     torch.manual_seed(0)
     conv = ModulatedDeformConv(32, 64, 3, padding=1, groups=2)
-    bound = 1 / (16 * 9) ** 0.5
+    bound = 1 / (32 * 9) ** 0.5  # the reference's n = in_channels * kh * kw, groups ignored
     assert conv.weight.shape == (64, 16, 3, 3)
     assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
     assert torch.all(conv.bias == 0)
