@@ -15,7 +15,7 @@ from atss_core.data.transforms import build_transforms
 from atss_core.engine.thresholds import load_class_thresholds
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.image_list import to_image_list
-from atss_core.utils.checkpoint import DetectronCheckpointer
+from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer
 
 # The 80 COCO categories in contiguous-id order 1..80 (the annotation file's order,
 # which for COCO is ascending json id).
@@ -31,6 +31,18 @@ COCO_CLASS_NAMES = [
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 ]
+
+
+class UntrainedModelError(CheckpointError):
+    """The weights given are not a trained detector (none at all, or ImageNet
+    backbone weights only), and running a randomly initialised head was not
+    asked for."""
+
+
+def is_backbone_only_name(weights):
+    """Weights names that cannot be a trained detector: none, or a
+    ``catalog://`` ImageNet backbone."""
+    return not weights or weights.startswith("catalog://")
 
 
 def class_names_for(cfg):
@@ -76,6 +88,18 @@ def draw_detections(image, boxes, labels, scores, class_names):
     return out
 
 
+def untrained_message(weights, layout=None):
+    if not weights:
+        what = "no weights were given (--weights empty and the config's MODEL.WEIGHT empty)"
+    elif layout:
+        what = f"{weights} holds ImageNet backbone weights ({layout} layout), not a trained detector"
+    else:
+        what = f"{weights} names ImageNet backbone weights, not a trained detector"
+    return (f"{what}: the detection head would be randomly initialised and its detections "
+            "meaningless. Pass a trained checkpoint with --weights (e.g. ATSS_R_50_FPN_1x.pth or "
+            "training_dir/<run>/model_final.pth), or --allow-untrained to run it anyway.")
+
+
 class ATSSDemo:
     """Detector + pre-processing + drawing for single images.
 
@@ -87,13 +111,24 @@ class ATSSDemo:
             without an entry in ``class_thresholds``.
         class_thresholds: path of a ``{class name: threshold}`` JSON file (as
             written by ``tools/compute_class_thresholds.py``), or None.
+        allow_untrained: run even when the weights are not a trained detector
+            (no weights, or ImageNet backbone weights only: the detection head
+            keeps its random initialisation). Without it such weights raise
+            :class:`UntrainedModelError`.
     """
 
-    def __init__(self, cfg, weights=None, confidence_threshold=0.5, class_thresholds=None):
+    def __init__(self, cfg, weights=None, confidence_threshold=0.5, class_thresholds=None,
+                 allow_untrained=False):
         self.cfg = cfg
+        weights = weights or cfg.MODEL.WEIGHT
+        if is_backbone_only_name(weights) and not allow_untrained:
+            raise UntrainedModelError(untrained_message(weights))
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.model = build_detection_model(cfg).to(self.device).eval()
-        DetectronCheckpointer(cfg, self.model).load(weights or cfg.MODEL.WEIGHT, use_latest=False)
+        checkpointer = DetectronCheckpointer(cfg, self.model)
+        checkpointer.load(weights, use_latest=False)
+        if checkpointer.loaded_layout != "model" and not allow_untrained:
+            raise UntrainedModelError(untrained_message(weights, checkpointer.loaded_layout))
         self.transforms = build_transforms(cfg, is_train=False)
         self.class_names = class_names_for(cfg)
         if class_thresholds:

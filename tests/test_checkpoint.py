@@ -212,3 +212,59 @@ def test_not_a_checkpoint(tmp_path, content):
 def test_no_weight_keeps_initialisation():
     model = build_detection_model(tiny_cfg())
     assert DetectronCheckpointer(default_cfg, model).load("") == {}
+
+
+def _py2_pickle(blobs):
+    """``{"blobs": blobs}`` as Python 2 + numpy 1.x wrote Detectron's .pkl files
+    (protocol 2, numpy.core.multiarray names, byte strings as py2 ``str``)."""
+    import struct
+
+    out = [b"\x80\x02}U\x05blobs}("]  # PROTO 2, EMPTY_DICT, 'blobs', EMPTY_DICT, MARK
+    for name, array in blobs.items():
+        array = np.ascontiguousarray(array)
+        kind = array.dtype.str[1:].encode()  # 'f4'
+        shape = b"(" + b"".join(b"J" + struct.pack("<i", d) for d in array.shape) + b"t"
+        data = array.tobytes()
+        out += [
+            b"U" + bytes([len(name)]) + name.encode(),
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R",
+            b"(K\x01" + shape,
+            b"cnumpy\ndtype\nU" + bytes([len(kind)]) + kind + b"K\x00K\x01\x87R(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb",
+            b"\x89T" + struct.pack("<I", len(data)) + data + b"tb",
+        ]
+    out.append(b"us.")  # SETITEMS, SETITEM, STOP
+    return b"".join(out)
+
+
+def test_python2_detectron_pkl_loads(tmp_path):
+    """A .pkl as Detectron wrote them (Python 2, numpy 1.x names, latin1 byte
+    strings) loads through the allow-list unpickler."""
+    cfg = load_cfg("atss_R_50_FPN_1x")
+    src = build_detection_model(cfg)
+    randomize(src, 5)
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(_py2_pickle(c2_blobs_for(src)))
+    dst = build_detection_model(cfg)
+    checkpointer = DetectronCheckpointer(cfg, dst)
+    checkpointer.load(str(path))
+    assert checkpointer.loaded_layout == "caffe2"
+    body = dst.backbone.body.state_dict()
+    for k, v in src.backbone.body.state_dict().items():
+        if "running" not in k:
+            assert torch.equal(body[k], v), k
+
+
+def test_protocol2_python3_pkl_loads_and_layout_is_recorded(tmp_path):
+    cfg = load_cfg("atss_R_50_FPN_1x")
+    src = build_detection_model(cfg)
+    randomize(src, 6)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": c2_blobs_for(src)}, f, protocol=2)
+    dst = build_detection_model(cfg)
+    checkpointer = DetectronCheckpointer(cfg, dst)
+    checkpointer.load(str(path))
+    assert checkpointer.loaded_layout == "caffe2"
+    assert torch.equal(dst.backbone.body.layer4[2].conv3.weight, src.backbone.body.layer4[2].conv3.weight)
+    checkpointer.load("")
+    assert checkpointer.loaded_layout is None

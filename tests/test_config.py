@@ -68,12 +68,48 @@ def test_missing_or_broken_file(tmp_path):
     (["MODEL.DEVICE", "tpu"], "MODEL.DEVICE"),
     (["MODEL.ATSS.ANCHOR_SIZES", "(32, 64)"], "ANCHOR_SIZES"),
     (["TEST.IMS_PER_BATCH", "0"], "TEST.IMS_PER_BATCH"),
+    (["INPUT.MAX_SIZE_TRAIN", "0"], "INPUT.MAX_SIZE_TRAIN"),
+    (["INPUT.MAX_SIZE_TEST", "0"], "INPUT.MAX_SIZE_TEST"),
+    (["TEST.BBOX_AUG.MAX_SIZE", "-1"], "TEST.BBOX_AUG.MAX_SIZE"),
+    (["INPUT.MIN_SIZE_TEST", "0"], "INPUT.MIN_SIZE_TEST"),
+    (["SOLVER.BASE_LR", "-0.01"], "SOLVER.BASE_LR"),
+    (["SOLVER.BASE_LR", "0"], "SOLVER.BASE_LR"),
+    (["SOLVER.GAMMA", "0"], "SOLVER.GAMMA"),
+    (["SOLVER.MOMENTUM", "1.0"], "SOLVER.MOMENTUM"),
+    (["SOLVER.WEIGHT_DECAY", "-0.0001"], "SOLVER.WEIGHT_DECAY"),
+    (["SOLVER.WARMUP_FACTOR", "3.0"], "SOLVER.WARMUP_FACTOR"),
+    (["MODEL.WEIGHT", "catalog://ImageNetPretrained/MSRA/R-5O"], "MODEL.WEIGHT"),
 ])
 def test_invalid_values_are_named(opts, key):
     c = fresh()
     c.merge_from_list(opts)
     with pytest.raises(ConfigError, match=key):
         validate_config(c)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["INPUT.MAX_SIZE_TRAIN", "0"], "INPUT.MAX_SIZE_TRAIN caps the longer image side in pixels and must be "
+                                    ">= 1, got 0; the reference uses 1333"),
+    (["INPUT.MAX_SIZE_TEST", "0"], "INPUT.MAX_SIZE_TEST caps the longer image side in pixels and must be "
+                                   ">= 1, got 0; the reference uses 1333"),
+    (["SOLVER.BASE_LR", "-0.01"], "SOLVER.BASE_LR must be a positive learning rate, got -0.01; the "
+                                  "reference uses 0.01 for a batch of 16 images"),
+    (["MODEL.WEIGHT", "catalog://nope"], "MODEL.WEIGHT catalog://nope is not a known weights name; known: "
+                                         "catalog://ImageNetPretrained/FAIR/20171220/X-101-32x8d, "),
+])
+def test_value_messages_say_what_to_do(opts, message):
+    c = fresh()
+    c.merge_from_list(opts)
+    with pytest.raises(ConfigError) as err:
+        validate_config(c)
+    assert str(err.value).startswith(message)
+
+
+def test_known_catalog_names_and_huge_gamma_are_valid():
+    c = fresh()
+    c.merge_from_list(["MODEL.WEIGHT", "catalog://ImageNetPretrained/MSRA/R-50", "SOLVER.GAMMA", "10.0",
+                       "SOLVER.WARMUP_FACTOR", "0.0", "SOLVER.MOMENTUM", "0.0"])
+    validate_config(c)
 
 
 def test_frozen_config_refuses_merge():

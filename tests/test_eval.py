@@ -47,7 +47,7 @@ def make_coco_json(with_crowd=True, with_annotations=True):
     data = {"images": copy.deepcopy(IMAGES), "categories": copy.deepcopy(CATEGORIES)}
     if with_annotations:
         anns = [
-            {"id": i + 1, "image_id": img, "category_id": cat, "bbox": box,
+            {"id": i + 1, "image_id": img, "category_id": cat, "bbox": list(box),
              "area": box[2] * box[3], "iscrowd": 0}
             for i, (img, cat, box) in enumerate(BOXES)
         ]

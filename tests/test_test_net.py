@@ -307,9 +307,9 @@ def test_test_net_use_last_checkpoint_and_errors(tmp_path, checkpoint):
     assert (run_dir / "inference" / "coco128_val" / "metrics.json").is_file()
     # No last_checkpoint there: a clear error.
     proc = run_tool(["--use-last-checkpoint", *opts, "OUTPUT_DIR", str(tmp_path / "empty")])
-    assert proc.returncode == 1 and "last_checkpoint does not exist" in proc.stderr
+    assert proc.returncode == 2 and "last_checkpoint does not exist" in proc.stderr
     # Weights that do not fit the config: the checkpointer's error, not a traceback.
     proc = run_tool([*opts, "MODEL.WEIGHT", checkpoint, "MODEL.ATSS.NUM_CONVS", "2",
                      "OUTPUT_DIR", str(tmp_path / "bad")])
-    assert proc.returncode == 1 and "does not fit the model" in proc.stderr
+    assert proc.returncode == 2 and "does not fit the model" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from atss_core.config import cfg as default_cfg
-from atss_core.engine.trainer import NonFiniteLossError
+from atss_core.engine.trainer import DivergenceError, NonFiniteLossError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
@@ -148,9 +148,13 @@ def test_short_run_writes_log_config_and_checkpoints(train_net, tmp_path, capsys
     assert f"Done: the checkpoints, logs and results are in {out}" in console
 
     names = sorted(os.listdir(out))
-    # Iteration 4, the last, is saved once: as model_final.
-    assert names == ["config.yml", "last_checkpoint", "log.txt", "model_0000002.pth",
-                     "model_final.pth", "train_metrics.jsonl"]
+    # Iteration 4, the last, is saved once: as model_final. model_0000002 is
+    # known good (iterations 3 and 4 ran on its weights with sane losses);
+    # .lock is the (released) run lock.
+    assert names == [".lock", "config.yml", "last_checkpoint", "last_good_checkpoint", "log.txt",
+                     "model_0000002.pth", "model_final.pth", "train_metrics.jsonl"]
+    assert (out / "last_good_checkpoint").read_text() == "model_0000002.pth"
+    assert (out / ".lock").read_text() == "", "released at the end of the run"
     log = (out / "log.txt").read_text()
     assert "iter: 2/4" in log and "iter: 4/4" in log and "Total training time" in log
 
@@ -320,9 +324,119 @@ def test_cli_reports_a_non_finite_loss_cleanly(tmp_path):
                                                    "SOLVER.WARMUP_ITERS", "0", "SOLVER.LOG_PERIOD", "1",
                                                    "SOLVER.CHECKPOINT_PERIOD", "1")],
                       env=_cli_env())
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "train_net.py: error: non-finite loss at iteration 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Iteration 1's step (lr 1e30) already corrupted model_0000001: no checkpoint
+    # is known good, and the message says so instead of "resume".
+    assert "No checkpoint of this run is known good: model_0000001.pth was saved just before" in result.stderr
     assert read_last_checkpoint(out) == "model_0000001.pth"
+    assert not (out / "last_good_checkpoint").exists()
+
+
+def test_exploding_weights_stop_the_run_and_a_lower_lr_resumes_from_the_last_good_checkpoint(
+        train_net, tmp_path):
+    """SOLVER.GAMMA 1e6 at step 3: iteration 4's step (lr 1e4) corrupts the
+    weights saved as model_0000004 although every loss up to it was sane; the
+    loss of iteration 5 explodes (finite, ~1e9). The run stops there and points
+    last_checkpoint back at model_0000002, so that the documented advice --
+    lower the learning rate and restart -- trains on with finite losses."""
+    out = tmp_path / "run"
+    common = ["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.LOG_PERIOD", "1", "SOLVER.WARMUP_ITERS", "0",
+              "SOLVER.BASE_LR", "0.01", "SOLVER.STEPS", "(3,)", "SOLVER.MAX_ITER", "8"]
+    with pytest.raises(DivergenceError) as error:
+        train_net.main(argv(out, *common, "SOLVER.GAMMA", "1e6"))
+    message = str(error.value)
+    assert message.startswith("the loss exploded at iteration 5: ")
+    assert ("model_0000004.pth was saved as the loss went bad and may hold diverged weights (it is kept): "
+            "OUTPUT_DIR/last_checkpoint now names model_0000002.pth") in message
+    assert "then restart: the run resumes from model_0000002.pth" in message
+    assert read_last_checkpoint(out) == "model_0000002.pth"
+    assert (out / "last_good_checkpoint").read_text() == "model_0000002.pth"
+    assert (out / "model_0000004.pth").exists() and not (out / "model_0000006.pth").exists()
+    rows = metrics_rows(out)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[4]["loss"] > 1000 * rows[0]["loss"], "iteration 5 ran on model_0000004's weights"
+
+    # What "lower the lr and resume" did before: resume from model_0000004 (then
+    # last_checkpoint). Its weights are broken; the loss history it stores
+    # makes the first iteration stop at once.
+    with pytest.raises(DivergenceError, match="the loss exploded at iteration 5"):
+        train_net.main(argv(tmp_path / "from_4", *common, "SOLVER.GAMMA", "0.1",
+                            "MODEL.WEIGHT", str(out / "model_0000004.pth")))
+
+    # The advice as written: lower the learning rate, restart in the same folder.
+    train_net.main(argv(out, *common, "SOLVER.GAMMA", "0.1"))
+    log = (out / "log.txt").read_text()
+    assert f"Loading checkpoint from {out / 'model_0000002.pth'}" in log
+    assert "Start training at iteration 3 of 8" in log
+    resumed = metrics_rows(out)[5:]
+    assert [r["iteration"] for r in resumed] == [3, 4, 5, 6, 7, 8]
+    assert [r["lr"] for r in resumed] == pytest.approx([0.01] + [0.001] * 5)
+    for r in resumed:
+        assert math.isfinite(r["loss"]) and r["loss"] < 2 * rows[0]["loss"], r
+    final = load_checkpoint(out / "model_final.pth")
+    assert all(torch.isfinite(v).all() for v in final["model"].values())
+    assert read_last_checkpoint(out) == "model_final.pth"
+    assert (out / "last_good_checkpoint").read_text() == "model_0000006.pth"
+
+
+def test_second_run_in_a_folder_is_refused_and_a_killed_run_does_not_block_it(train_net, tmp_path):
+    """Two trainings in one OUTPUT_DIR: the second stops at once (exit status 2)
+    naming the first, and writes nothing. After kill -9 of the first, a new run
+    starts, resumes, and removes the temporaries a killed save leaves."""
+    out = tmp_path / "run"
+    opts = ["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.LOG_PERIOD", "1"]
+    first = subprocess.Popen(
+        [sys.executable, "tools/train_net.py", *argv(out, *opts, "SOLVER.MAX_ITER", "1000")],
+        cwd=REPO, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    leftover = out / ".model_0000999.pth.abcdefgh.tmp"  # as a save killed mid-way leaves
+    foreign = out / ".notes.txt.abcdefgh.tmp"  # not a training file: never touched
+    try:
+        deadline = time.time() + 240
+        while not (out / "last_checkpoint").exists():
+            assert first.poll() is None, "the training process ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.1)
+        leftover.write_bytes(b"0" * 1000)
+        foreign.write_bytes(b"0")
+        second = _run_cli(["tools/train_net.py", *argv(out, *opts, "SOLVER.MAX_ITER", "2")], env=_cli_env())
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr.startswith(
+            f"train_net.py: error: OUTPUT_DIR {out} is in use by another training run: process {first.pid}")
+        assert "tools/train_net.py --skip-test --config-file" in second.stderr, "the first run's command"
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the first run goes on"
+        assert "SOLVER.MAX_ITER 2" not in (out / "log.txt").read_text(), "the second run logged nothing"
+        assert leftover.exists(), "only a run holding the lock removes leftovers"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    resumed_from = load_checkpoint(out / read_last_checkpoint(out))["iteration"]
+    train_net.main(argv(out, *opts, "SOLVER.MAX_ITER", str(resumed_from + 1)))
+    log = (out / "log.txt").read_text()
+    assert f"Start training at iteration {resumed_from + 1}" in log
+    assert not leftover.exists() and foreign.exists()
+    (line,) = [l for l in log.splitlines() if "left in" in l and "by a run killed while saving" in l]
+    assert ".model_0000999.pth.abcdefgh.tmp" in line
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp") and n != foreign.name]
+
+
+def test_resuming_from_non_finite_weights_is_refused(train_net, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_net.main(argv(out, "SOLVER.MAX_ITER", "1"))
+    checkpoint = load_checkpoint(out / "model_final.pth")
+    name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
+    checkpoint["model"][name] = torch.full_like(checkpoint["model"][name], float("nan"))
+    torch.save(checkpoint, out / "model_final.pth")
+    capsys.readouterr()
+    assert train_net.cli(argv(out, "SOLVER.MAX_ITER", "3")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train_net.py: error: the weights in {out / 'model_final.pth'} are not finite: "
+                          f"1 of ")
+    assert f"{name} (" in err and "NaN" in err
 
 
 def _first_train_ids(count):

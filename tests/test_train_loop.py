@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from atss_core.config import ConfigError, cfg as default_cfg
+from atss_core.engine import trainer as trainer_module
 from atss_core.engine.trainer import (
+    DivergenceError,
     NonFiniteLossError,
     autocast_dtype,
     do_train,
@@ -22,6 +24,7 @@ from atss_core.engine.trainer import (
 from atss_core.solver import WarmupMultiStepLR
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
+from atss_core.utils.checkpoint import DetectronCheckpointer
 from atss_core.utils.logger import setup_logger
 from atss_core.utils.metric_logger import MetricLogger, SmoothedValue
 
@@ -162,6 +165,103 @@ def test_non_finite_loss_stops_before_the_next_save(trainer_log, tmp_path):
     assert any("non-finite loss at iteration 3" in r.getMessage() for r in trainer_log.records)
     # The finite iterations are recorded, the bad one and those after it are not.
     assert [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+
+class ScaleAt:
+    """Forward hook that multiplies the named loss by ``factor`` at the given calls."""
+
+    def __init__(self, calls, term, factor):
+        self.at, self.term, self.factor, self.calls = set(calls), term, factor, 0
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        if self.calls in self.at:
+            output = dict(output)
+            output[self.term] = output[self.term] * self.factor
+        return output
+
+
+def folder_checkpointer(model, optimizer, scheduler, folder):
+    return DetectronCheckpointer(None, model, optimizer, scheduler, save_dir=str(folder))
+
+
+@pytest.mark.parametrize("explode_at, good, repointed", [
+    # Iteration 5 is the first on model_0000004's weights: 4 is not known good.
+    (5, "model_0000002.pth", True),
+    # Iteration 5 ran sane on model_0000004's weights: 4 is good and stays last.
+    (6, "model_0000004.pth", False),
+])
+def test_exploding_loss_stops_and_last_checkpoint_names_the_last_good_one(
+        tmp_path, trainer_log, explode_at, good, repointed):
+    model, optimizer, scheduler, _ = make_toy()
+    model.register_forward_hook(ScaleAt([explode_at], "loss_a", 1e6))
+    checkpointer = folder_checkpointer(model, optimizer, scheduler, tmp_path)
+    metrics = tmp_path / "train_metrics.jsonl"
+    with pytest.raises(DivergenceError) as error:
+        do_train(model, toy_batches(10), optimizer, scheduler, checkpointer, torch.device("cpu"),
+                 start_iter=0, max_iter=10, checkpoint_period=2, log_period=1, metrics_path=str(metrics))
+    assert isinstance(error.value, NonFiniteLossError), "existing handlers catch it"
+    message = str(error.value)
+    assert message.startswith(f"the loss exploded at iteration {explode_at}: ")
+    assert "times the median" in message and "averaged over processes" in message
+    saved = sorted(n for n in os.listdir(tmp_path) if n.endswith(".pth"))
+    assert saved == ["model_0000002.pth", "model_0000004.pth"], "nothing saved after the explosion"
+    assert (tmp_path / "last_good_checkpoint").read_text() == good
+    assert (tmp_path / "last_checkpoint").read_text() == good
+    if repointed:
+        assert (f"model_0000004.pth was saved as the loss went bad and may hold diverged weights (it is "
+                f"kept): OUTPUT_DIR/last_checkpoint now names {good}") in message
+    else:
+        assert f"The last checkpoint saved while the loss was sane is {good}" in message
+    assert any(r.getMessage() == message for r in trainer_log.records)
+    # The exploding iteration is recorded (finite), none after it.
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, explode_at + 1))
+    assert rows[-1]["loss"] > 1e4 * rows[0]["loss"]
+
+
+def test_noisy_loss_is_not_divergence_and_the_check_can_be_disabled():
+    # 30x the usual loss on two iterations: noise, not divergence.
+    model, optimizer, scheduler, checkpointer = make_toy()
+    model.register_forward_hook(ScaleAt([4, 6], "loss_a", 30.0))
+    do_train(model, toy_batches(8), optimizer, scheduler, checkpointer, torch.device("cpu"),
+             start_iter=0, max_iter=8, checkpoint_period=2, log_period=3)
+    # divergence_factor 0: only non-finite losses stop a run.
+    model, optimizer, scheduler, checkpointer = make_toy()
+    model.register_forward_hook(ScaleAt([5], "loss_a", 1e6))
+    do_train(model, toy_batches(8), optimizer, scheduler, checkpointer, torch.device("cpu"),
+             start_iter=0, max_iter=8, checkpoint_period=2, log_period=3, divergence_factor=0)
+
+
+def test_checkpoints_carry_the_loss_history_that_checks_a_resumed_run():
+    model, optimizer, scheduler, checkpointer = run_toy(toy_batches(4), log_period=1)
+    history = checkpointer.saves[-1][1]["loss_history"]
+    assert len(history) == 4 and all(h > 0 for h in history)
+    # Resumed with that history, an exploding first iteration stops the run
+    # (without it, the first iterations would set the baseline).
+    resumed, optimizer, scheduler, saves = make_toy()
+    resumed.load_state_dict(model.state_dict())
+    resumed.register_forward_hook(ScaleAt([1], "loss_a", 1e6))
+    with pytest.raises(DivergenceError, match="exploded at iteration 5: .* of the 4 iterations before it"):
+        do_train(resumed, toy_batches(4), optimizer, scheduler, saves, torch.device("cpu"), start_iter=4,
+                 max_iter=8, checkpoint_period=2, log_period=1, loss_history=history,
+                 resumed_from="model_0000004.pth")
+    assert saves.saves == []
+
+
+def test_divergence_check_adds_no_host_sync(monkeypatch):
+    """The losses reach the host once per boundary (log lines, checkpoints), as
+    before the divergence check: it works on those host copies."""
+    collects = []
+    real_collect = trainer_module._LossRecord.collect
+
+    def counting_collect(self):
+        collects.append(list(self.iterations))
+        return real_collect(self)
+
+    monkeypatch.setattr(trainer_module._LossRecord, "collect", counting_collect)
+    run_toy(toy_batches(7), checkpoint_period=100, log_period=3)
+    assert collects == [[1, 2, 3], [4, 5, 6], [7]]
 
 
 def test_non_finite_gradient_of_a_finite_loss_is_not_saved():

@@ -9,7 +9,9 @@ the ground truth is ``--ann-file`` or the annotation file of the catalog
 dataset ``--dataset``. The output is ``{class name: threshold}`` (contiguous id
 order), the format of ``demo/atss_demo.py --class-thresholds``; a detection is
 kept when ``score >= threshold``. How thresholds are chosen:
-:mod:`atss_core.engine.thresholds` and docs/EVALUATION.md.
+:mod:`atss_core.engine.thresholds` and docs/EVALUATION.md. Errors of the
+inputs end with one ``compute_class_thresholds.py: error: ...`` line and exit
+status 2.
 """
 import argparse
 import dataclasses
@@ -30,7 +32,11 @@ from atss_core.engine.thresholds import (  # noqa: E402
     format_class_thresholds,
     save_class_thresholds,
 )
-from atss_core.utils.io import atomic_write_json  # noqa: E402
+from atss_core.utils.io import DiskFullError, atomic_write_json  # noqa: E402
+
+# Errors of this framework that end the tool with one message (exit status 2);
+# anything else keeps its traceback.
+TOOL_ERRORS = (EvaluationError, DatasetNotFoundError, DiskFullError)
 
 
 def parse_args(argv=None):
@@ -80,8 +86,17 @@ def main(argv=None):
     return thresholds
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """:func:`main` as a command: returns the exit status, 0, or 2 after one
+    ``compute_class_thresholds.py: error: ...`` line on stderr for an error of this framework
+    (:data:`TOOL_ERRORS`); any other exception propagates with its traceback."""
     try:
-        main()
-    except (EvaluationError, DatasetNotFoundError) as e:
-        sys.exit(f"compute_class_thresholds.py: error: {e}")
+        main(argv)
+    except TOOL_ERRORS as e:
+        print(f"compute_class_thresholds.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

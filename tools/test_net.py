@@ -19,6 +19,10 @@ timing, per-class AP with ``--per-class-ap``); the log goes to the console and
 Without ``OUTPUT_DIR``: ``training_dir/<config name>`` with
 ``--use-last-checkpoint``, else ``training_dir/<config name>/eval_<weights
 name>``. ``--help`` has examples. See docs/EVALUATION.md.
+
+Weights holding NaN or infinite values (a diverged training) are refused
+rather than evaluated to AP 0. Errors of the configuration, data, weights or
+evaluation end with one ``test_net.py: error: ...`` line and exit status 2.
 """
 import os
 import sys
@@ -39,9 +43,20 @@ from atss_core.engine.defaults import (  # noqa: E402
 )
 from atss_core.engine.inference import inference_on_datasets  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
-from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
+from atss_core.utils.checkpoint import (  # noqa: E402
+    CheckpointError,
+    DetectronCheckpointer,
+    resolve_weight_path,
+)
 from atss_core.utils.comm import get_rank, init_process, is_main_process  # noqa: E402
+from atss_core.utils.io import DiskFullError  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
+from atss_core.utils.weights_check import NonFiniteWeightsError, check_finite_state_dict  # noqa: E402
+
+# Errors of this framework that end the tool with one message (exit status 2);
+# anything else keeps its traceback.
+TOOL_ERRORS = (ConfigError, CheckpointError, EvaluationError, DatasetNotFoundError,
+               FileNotFoundError, NonFiniteWeightsError, DiskFullError)
 
 
 EXAMPLES = """\
@@ -120,7 +135,10 @@ def main(argv=None):
                 "Pass the trained detector, e.g. MODEL.WEIGHT ATSS_R_50_FPN_1x.pth",
                 cfg.MODEL.WEIGHT,
             )
+        weights = (checkpointer.get_checkpoint_file() if args.use_last_checkpoint
+                   else resolve_weight_path(cfg.MODEL.WEIGHT))
         checkpointer.load(cfg.MODEL.WEIGHT, use_latest=args.use_last_checkpoint)
+        check_finite_state_dict(model.state_dict(), weights)
         output_root = os.path.join(cfg.OUTPUT_DIR, "inference")
         results = inference_on_datasets(cfg, model, device, output_root=output_root,
                                         per_class_ap=args.per_class_ap, warmup_iters=args.warmup_iters)
@@ -132,9 +150,17 @@ def main(argv=None):
             torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """:func:`main` as a command: returns the exit status, 0, or 2 after one
+    ``test_net.py: error: ...`` line on stderr for an error of this framework
+    (:data:`TOOL_ERRORS`); any other exception propagates with its traceback."""
     try:
-        main()
-    except (ConfigError, CheckpointError, EvaluationError, DatasetNotFoundError,
-            FileNotFoundError) as e:
-        sys.exit(f"test_net.py: error: {e}")
+        main(argv)
+    except TOOL_ERRORS as e:
+        print(f"test_net.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

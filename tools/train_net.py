@@ -14,6 +14,14 @@ defaults to ``training_dir/<config name>``. A run whose
 OUTPUT_DIR holds a ``last_checkpoint`` resumes from it (model, optimizer,
 scheduler, iteration). After training, the model is evaluated on
 ``DATASETS.TEST`` unless ``--skip-test``. See docs/TRAINING.md.
+
+One run per OUTPUT_DIR: a run locks ``OUTPUT_DIR/.lock`` while it lives and a
+second one in the same folder stops, naming the first (a killed run's lock
+goes with its process). A run that stops on a non-finite or exploding loss
+points ``last_checkpoint`` at the last checkpoint saved while the loss was
+sane (``last_good_checkpoint``). Errors of the configuration, data, weights,
+disk or a diverged training end with one ``train_net.py: error: ...`` line and
+exit status 2.
 """
 import os
 import sys
@@ -42,9 +50,25 @@ from atss_core.engine.trainer import (  # noqa: E402
 )
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
-from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer  # noqa: E402
+from atss_core.utils.checkpoint import (  # noqa: E402
+    CheckpointError,
+    DetectronCheckpointer,
+    resolve_weight_path,
+)
 from atss_core.utils.comm import get_rank, get_world_size, init_process, is_main_process  # noqa: E402
+from atss_core.utils.io import DiskFullError, format_bytes, remove_stale_temporaries  # noqa: E402
 from atss_core.utils.logger import setup_logger  # noqa: E402
+from atss_core.utils.run_lock import RunLockError, lock_output_dir  # noqa: E402
+from atss_core.utils.weights_check import NonFiniteWeightsError, check_finite_state_dict  # noqa: E402
+
+# Errors of this framework that end the tool with one message (exit status 2);
+# anything else keeps its traceback.
+TOOL_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError,
+               NonFiniteLossError, NonFiniteWeightsError, RunLockError, DiskFullError)
+# Files of OUTPUT_DIR that only a training run writes atomically: their
+# temporaries (".<name>.<random>.tmp") left by a killed run are removed when
+# the next run starts.
+TRAINING_TEMPORARIES = r"model_[^/]*\.pth|last_checkpoint|last_good_checkpoint|config\.yml"
 
 
 EXAMPLES = """\
@@ -58,8 +82,9 @@ EXAMPLES = """\
 OUTPUT_HELP = """\
   OUTPUT_DIR (default: training_dir/<config name>) receives log.txt, config.yml,
   train_metrics.jsonl, the checkpoints (model_<iteration>.pth, model_final.pth,
-  last_checkpoint) and, unless --skip-test, inference/<dataset>/ with bbox.json and
-  metrics.json. A run whose OUTPUT_DIR holds a last_checkpoint resumes from it.
+  last_checkpoint, last_good_checkpoint) and, unless --skip-test, inference/<dataset>/
+  with bbox.json and metrics.json. A run whose OUTPUT_DIR holds a last_checkpoint
+  resumes from it. One run at a time per OUTPUT_DIR (OUTPUT_DIR/.lock).
 """
 
 
@@ -99,7 +124,12 @@ def train(cfg, device, seed, skip_test=False):
     checkpointer = DetectronCheckpointer(
         cfg, model, optimizer, scheduler, save_dir=cfg.OUTPUT_DIR, save_to_disk=is_main_process()
     )
+    # What load() reads: the folder's last checkpoint, else MODEL.WEIGHT.
+    loaded_from = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
     extra = checkpointer.load(cfg.MODEL.WEIGHT)
+    loaded_from = loaded_from or (resolve_weight_path(cfg.MODEL.WEIGHT) if cfg.MODEL.WEIGHT else None)
+    if loaded_from:
+        check_finite_state_dict(model.state_dict(), loaded_from)
     start_iter = int(extra.get("iteration", 0))
     if grad_scaler is not None and "grad_scaler" in extra:
         grad_scaler.load_state_dict(extra["grad_scaler"])
@@ -134,19 +164,39 @@ def train(cfg, device, seed, skip_test=False):
         eval_period=0 if skip_test else cfg.TEST.EVAL_PERIOD,
         eval_fn=evaluate,
         metrics_path=os.path.join(cfg.OUTPUT_DIR, "train_metrics.jsonl") if cfg.OUTPUT_DIR else None,
+        resumed_from=loaded_from if start_iter > 0 else None,
+        loss_history=extra.get("loss_history"),
     )
     return model
+
+
+def remove_leftover_temporaries(output_dir, logger):
+    """Remove the temporary files a killed run left in ``output_dir`` while
+    saving (call it holding the folder's lock); returns how many."""
+    removed = remove_stale_temporaries(output_dir, TRAINING_TEMPORARIES)
+    if removed:
+        logger.info(
+            "Removed %d temporary file(s) (%s) left in %s by a run killed while saving: %s",
+            len(removed), format_bytes(sum(size for _, size in removed)), output_dir,
+            ", ".join(os.path.basename(path) for path, _ in removed),
+        )
+    return len(removed)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args)
     device = init_process(cfg.MODEL.DEVICE, args.local_rank)
+    lock = None
     try:
         output_dir = cfg.OUTPUT_DIR
         if output_dir and is_main_process():
             os.makedirs(output_dir, exist_ok=True)
+        # Before anything is written there: a second run in the folder stops here.
+        lock = lock_output_dir(output_dir) if output_dir else None
         logger = setup_logger("atss_core", output_dir, get_rank())
+        if lock is not None:
+            remove_leftover_temporaries(output_dir, logger)
         start_run(cfg, args, device, logger, "config.yml")
 
         model = train(cfg, device, args.seed, skip_test=args.skip_test)
@@ -156,12 +206,23 @@ def main(argv=None):
         logger.info("Done: the checkpoints, logs and results are in %s", os.path.abspath(output_dir))
         return model
     finally:
+        if lock is not None:
+            lock.release()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """:func:`main` as a command: returns the exit status, 0, or 2 after one
+    ``train_net.py: error: ...`` line on stderr for an error of this framework
+    (:data:`TOOL_ERRORS`); any other exception propagates with its traceback."""
     try:
-        main()
-    except (ConfigError, CheckpointError, DatasetNotFoundError, FileNotFoundError, NonFiniteLossError) as e:
-        sys.exit(f"train_net.py: error: {e}")
+        main(argv)
+    except TOOL_ERRORS as e:
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

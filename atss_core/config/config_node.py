@@ -7,15 +7,32 @@ yacs, except that:
   and the closest existing keys;
 * a value of the wrong type raises :class:`ConfigError` naming the key, the
   expected type and the value; an int is accepted where a float is expected and
-  lists and tuples are interchangeable (as in yacs).
+  lists and tuples are interchangeable (as in yacs);
+* config files are YAML only (``.yaml`` / ``.yml``, or no extension), parsed
+  with ``yaml.safe_load``: yacs would import and run a ``.py`` config, so any
+  other file is refused with :class:`ConfigError` before it is opened.
 """
 import difflib
+import os
 
 from yacs.config import CfgNode as _YacsCfgNode
 
 
 class ConfigError(ValueError):
     """A configuration file, option or value is not valid."""
+
+
+YAML_EXTENSIONS = (".yaml", ".yml", "")
+
+
+def _refuse_non_yaml(filename):
+    ext = os.path.splitext(os.fspath(filename))[1]
+    if ext.lower() not in YAML_EXTENSIONS:
+        kind = "a Python file" if ext.lower() in (".py", ".pyc", ".pyw") else f"a {ext or 'extension-less'} file"
+        raise ConfigError(
+            f"config file {filename} is {kind}: configs are YAML files (.yaml or .yml), e.g. "
+            "configs/atss/atss_R_50_FPN_1x.yaml. Python configs are not run."
+        )
 
 
 def _all_keys(node, prefix=""):
@@ -89,10 +106,19 @@ class ConfigNode(_YacsCfgNode):
             else:
                 self[k] = _coerce(self._decode_cfg_value(v), current, full_key, source)
 
+    @classmethod
+    def _load_cfg_py_source(cls, filename):
+        # yacs would import (run) the file: refused wherever it is reached from.
+        _refuse_non_yaml(filename)
+        raise ConfigError(f"config file {filename}: configs are YAML files (.yaml or .yml)")
+
     def merge_from_file(self, cfg_filename):
+        """Merge the YAML file ``cfg_filename`` (``.yaml`` / ``.yml``; anything
+        else, a ``.py`` config in particular, is refused and not opened)."""
+        _refuse_non_yaml(cfg_filename)
         try:
             with open(cfg_filename, "r") as f:
-                other = self.load_cfg(f)
+                other = self._load_cfg_from_yaml_str(f.read())  # yaml.safe_load
         except FileNotFoundError:
             raise ConfigError(f"config file {cfg_filename} does not exist") from None
         except Exception as e:  # yaml syntax errors and the like

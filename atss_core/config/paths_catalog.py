@@ -29,9 +29,19 @@ import os
 
 from atss_core.utils.io import read_json
 
+from .config_node import ConfigError
+
 
 class DatasetNotFoundError(KeyError):
     """A dataset name that is neither built in nor registered."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+class UnknownWeightsError(ConfigError, KeyError):
+    """A ``catalog://`` name the weights catalog does not know (a
+    :class:`~atss_core.config.ConfigError`; a KeyError for older callers)."""
 
     def __str__(self):
         return self.args[0]
@@ -141,14 +151,22 @@ class ModelCatalog:
     }
 
     @classmethod
-    def get(cls, name):
-        """Local path of a catalog name; raises FileNotFoundError saying where to
-        put the file when it is absent."""
+    def check_name(cls, name, key="MODEL.WEIGHT"):
+        """Raise :class:`UnknownWeightsError` (naming the config ``key``) when
+        ``name`` (without ``catalog://``) is not in the catalog."""
         if name not in cls.FILES:
-            raise KeyError(
-                f"unknown weights catalog://{name}; known: "
+            raise UnknownWeightsError(
+                f"{key} catalog://{name} is not a known weights name; known: "
                 + ", ".join("catalog://" + k for k in sorted(cls.FILES))
+                + ". Fix the name, or set " + key + " to a file path (or '' to train from scratch)."
             )
+
+    @classmethod
+    def get(cls, name):
+        """Local path of a catalog name; raises :class:`UnknownWeightsError` for
+        an unknown name and FileNotFoundError saying where to put the file when
+        it is absent."""
+        cls.check_name(name)
         filename = cls.FILES[name]
         folder = weights_dir()
         stem = os.path.splitext(filename)[0]

@@ -1,5 +1,7 @@
 """Checks of config values that a type check cannot catch (choices, lengths,
-consistency), run before anything is built."""
+ranges, consistency, catalog names), run before anything is built."""
+import math
+
 from .config_node import ConfigError
 
 _CHOICES = {
@@ -85,4 +87,36 @@ def validate_config(cfg):
     for key in ("SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH"):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    for key in ("INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST", "TEST.BBOX_AUG.MAX_SIZE"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(
+                f"{key} caps the longer image side in pixels and must be >= 1, got {_get(cfg, key)}; "
+                "the reference uses 1333 (INPUT) and 4000 (TEST.BBOX_AUG)"
+            )
+    if cfg.INPUT.MIN_SIZE_TEST < 1:
+        raise ConfigError(
+            f"INPUT.MIN_SIZE_TEST is the shorter image side in pixels and must be >= 1, got "
+            f"{cfg.INPUT.MIN_SIZE_TEST}; the reference uses 800"
+        )
+    solver = cfg.SOLVER
+    if not (math.isfinite(solver.BASE_LR) and solver.BASE_LR > 0):
+        raise ConfigError(
+            f"SOLVER.BASE_LR must be a positive learning rate, got {solver.BASE_LR}; the reference "
+            "uses 0.01 for a batch of 16 images (scale it with SOLVER.IMS_PER_BATCH)"
+        )
+    if not (math.isfinite(solver.GAMMA) and solver.GAMMA > 0):
+        raise ConfigError(f"SOLVER.GAMMA multiplies the learning rate at each of SOLVER.STEPS and "
+                          f"must be positive, got {solver.GAMMA}; the reference uses 0.1")
+    if not 0.0 <= solver.MOMENTUM < 1.0:
+        raise ConfigError(f"SOLVER.MOMENTUM must lie in [0, 1), got {solver.MOMENTUM}; the reference uses 0.9")
+    for key in ("WEIGHT_DECAY", "WEIGHT_DECAY_BIAS"):
+        if not solver[key] >= 0:
+            raise ConfigError(f"SOLVER.{key} must be >= 0, got {solver[key]}")
+    if not 0.0 <= solver.WARMUP_FACTOR <= 1.0:
+        raise ConfigError(f"SOLVER.WARMUP_FACTOR is the learning rate's starting fraction and must lie "
+                          f"in [0, 1], got {solver.WARMUP_FACTOR}")
+    if cfg.MODEL.WEIGHT.startswith("catalog://"):
+        from .paths_catalog import ModelCatalog
+
+        ModelCatalog.check_name(cfg.MODEL.WEIGHT[len("catalog://"):], "MODEL.WEIGHT")
     return cfg

@@ -9,6 +9,13 @@ is what ``tools/test_net.py`` uses: a LIST of DataLoaders, one per
 A batch is ``(images, targets, indices)`` (see :class:`BatchCollator`): an
 ImageList of normalised images, a tuple of BoxList targets (xyxy in resized
 pixels, "labels" int64 in 1..C), and a tuple of dataset indices.
+
+Checks made before the first iteration: every dataset's categories + 1 (the
+background) must equal ``MODEL.ATSS.NUM_CLASSES`` (:func:`check_num_classes`),
+concatenated training sets must list the same categories, and a dataset none
+of whose image files exist is an error. The images left out of training are
+summarised in the log and listed in ``OUTPUT_DIR/skipped_images.txt``
+(:data:`SKIPPED_IMAGES_FILE`).
 """
 import logging
 import os
@@ -19,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from atss_core.config import ConfigError
 from atss_core.config.paths_catalog import DatasetCatalog, data_root
 from atss_core.utils.comm import get_rank, get_world_size
+from atss_core.utils.io import atomic_write_text
 
 from . import datasets as D
 from .collate_batch import BatchCollator, BBoxAugCollator
@@ -34,6 +42,11 @@ from .transforms import build_transforms
 logger = logging.getLogger(__name__)
 
 _FACTORIES = {"COCODataset": D.COCODataset}
+
+# Written in OUTPUT_DIR by make_data_loader(is_train=True): the training images
+# left out, one a line (dataset, image id, path, reason).
+SKIPPED_IMAGES_FILE = "skipped_images.txt"
+_NUM_CLASSES_KEY = "MODEL.ATSS.NUM_CLASSES"
 
 
 def _resolve(name):
@@ -66,7 +79,9 @@ def build_dataset(dataset_names, transforms, is_train=True):
 
     Every name is resolved and its files checked before any dataset is built,
     so a missing image folder or annotation file fails at once, naming the
-    path and the dataset.
+    path and the dataset. A dataset none of whose image files is in its
+    folder is a FileNotFoundError; concatenated training sets must list the
+    same categories (ConfigError).
 
     Returns a list: for training ONE dataset, the concatenation of all names
     (images without usable boxes removed; unreadable images replaced); for
@@ -93,15 +108,110 @@ def build_dataset(dataset_names, transforms, is_train=True):
             name=name,
             replace_unreadable=is_train,
         )
+        _check_some_images_exist(dataset)
         if len(dataset) == 0:
+            skipped = getattr(dataset, "skipped", ())
+            reasons = sorted({reason for _, _, reason in skipped})
             raise ValueError(
                 f"dataset {name!r} ({args['ann_file']}) has no images"
                 + (" with boxes wider and taller than 1 pixel to train on" if is_train else "")
+                + (f" (left out: {', '.join(reasons)}; see the warning above)" if reasons else "")
             )
         datasets.append(dataset)
     if not is_train:
         return datasets
+    _check_same_categories(datasets)
     return [datasets[0] if len(datasets) == 1 else D.ConcatDataset(datasets)]
+
+
+def _parts(dataset):
+    """The datasets making up ``dataset`` (the parts of a ConcatDataset)."""
+    return list(getattr(dataset, "datasets", [dataset]))
+
+
+def _check_some_images_exist(dataset):
+    missing = getattr(dataset, "missing_ids", ())
+    total = getattr(dataset, "num_images_in_file", 0)
+    if total and len(missing) == total:
+        example = dataset.coco.imgs[min(missing)]["file_name"]
+        raise FileNotFoundError(
+            f"dataset {dataset.name!r}: none of the {total} images of {dataset.ann_file} is in "
+            f"the image folder {dataset.root} (for example {example}); is that the folder of "
+            "this annotation file?"
+        )
+
+
+def _category_list(dataset):
+    return [(json_id, dataset.categories[contiguous])
+            for contiguous, json_id in sorted(dataset.contiguous_category_id_to_json_id.items())]
+
+
+def _check_same_categories(datasets):
+    """Concatenated training sets must give label k the same meaning."""
+    first = datasets[0]
+    for other in datasets[1:]:
+        if _category_list(other) != _category_list(first):
+            raise ConfigError(
+                f"DATASETS.TRAIN concatenates {first.name!r} ({len(first.categories)} categories, "
+                f"{first.ann_file}) and {other.name!r} ({len(other.categories)} categories, "
+                f"{other.ann_file}), whose category lists (ids, names, order) differ: their "
+                "labels would mean different classes. Train on datasets with the same categories"
+            )
+
+
+def check_num_classes(dataset, num_classes, key=_NUM_CLASSES_KEY):
+    """Raise :class:`ConfigError` unless ``num_classes`` (``MODEL.ATSS.NUM_CLASSES``,
+    which counts the background) is the number of categories of ``dataset``
+    (each part of a concatenation) + 1: a model with fewer classes never learns
+    or predicts some categories, one with more maps labels to categories the
+    dataset does not have."""
+    for part in _parts(dataset):
+        categories = len(part.categories)
+        if num_classes != categories + 1:
+            raise ConfigError(
+                f"{key} is {num_classes} but dataset {part.name!r} ({part.ann_file}) has "
+                f"{categories} categories: set {key} {categories + 1} (its {categories} "
+                "categories plus the background), or use the dataset the model is meant for"
+            )
+
+
+def _check_test_num_classes(dataset, num_classes):
+    """As :func:`check_num_classes`, except that a model with MORE classes
+    than the test dataset only gets a warning: the evaluation already refuses
+    (EvaluationError naming NUM_CLASSES) any detection whose label the
+    dataset lacks, while a model with fewer classes would score silently wrong."""
+    try:
+        check_num_classes(dataset, num_classes)
+    except ConfigError as e:
+        if num_classes - 1 < len(dataset.categories):
+            raise
+        logger.warning("%s; the evaluation stops at the first detection of a class the "
+                       "dataset does not have", e)
+
+
+def _write_skipped_list(dataset, output_dir, write):
+    """Write the training images left out (``dataset.skipped`` of each part)
+    to ``output_dir/SKIPPED_IMAGES_FILE`` (only ``write``: the main process)
+    and point the datasets at it, so that images found unreadable while
+    training are appended (by the loader's processes). Without skipped
+    images no file is written, and one left by an earlier run is removed."""
+    if not output_dir:
+        return None
+    path = os.path.join(output_dir, SKIPPED_IMAGES_FILE)
+    skipped = [(part.name, *entry) for part in _parts(dataset)
+               for entry in getattr(part, "skipped", ())]
+    if write:
+        if skipped:
+            lines = ["# training images left out: dataset, image id, path, reason "
+                     "(images found unreadable while training are appended)"]
+            lines += ["\t".join(str(v) for v in row) for row in skipped]
+            atomic_write_text("\n".join(lines) + "\n", path)
+            logger.warning("%d training images left out; the list is in %s", len(skipped), path)
+        elif os.path.exists(path):
+            os.remove(path)
+    for part in _parts(dataset):
+        part.skip_log = path
+    return path
 
 
 def _aspect_groups(dataset):
@@ -166,6 +276,16 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
     ``TEST.BBOX_AUG.ENABLED`` the images are not transformed: a batch is
     ``(list of [H, W, 3] uint8 BGR arrays, targets in original pixels,
     indices)`` for the test-time augmentation to resize itself.
+
+    Checked once the annotation files are loaded, before any image is read:
+    ``MODEL.ATSS.NUM_CLASSES`` must be the
+    categories + 1 of the training set (:func:`check_num_classes`,
+    ConfigError); for a test set a model with fewer classes is an error and
+    one with more a warning (the evaluation refuses detections of a class the
+    dataset lacks). Training: the images left out are listed in
+    ``OUTPUT_DIR/skipped_images.txt`` (when ``OUTPUT_DIR`` is set; written
+    by rank 0), and the loader's processes append the images they find
+    unreadable.
     """
     num_processes = get_world_size() if is_distributed else 1
     rank = get_rank() if is_distributed else 0
@@ -189,8 +309,11 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
         worker_init_fn=_worker_init if cfg.DATALOADER.NUM_WORKERS > 0 else None,
     )
 
+    num_classes = cfg.MODEL.ATSS.NUM_CLASSES
     if is_train:
         dataset = datasets[0]
+        check_num_classes(dataset, num_classes)
+        _write_skipped_list(dataset, cfg.OUTPUT_DIR, write=rank == 0)
         sampler = DistributedSampler(len(dataset), num_processes, rank, shuffle=True)
         batch_sampler = IterationBasedBatchSampler(
             _batch_sampler(dataset, sampler, cfg.DATALOADER.ASPECT_RATIO_GROUPING, images_per_gpu),
@@ -203,6 +326,8 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
         )
         return DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
 
+    for dataset in datasets:
+        _check_test_num_classes(dataset, num_classes)
     loaders = []
     for dataset in datasets:
         sampler = InferenceSampler(len(dataset), num_processes, rank)

@@ -33,6 +33,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from atss_core.data.datasets.coco import load_coco_file, renumber_annotation_ids
 from atss_core.utils.io import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,29 @@ def validate_results(results, coco_gt, source):
             )
 
 
+def with_valid_annotation_ids(coco_gt, source="the ground truth"):
+    """``coco_gt``, or a copy whose annotation ids are renumbered 1..N when
+    they are not unique positive integers (a ``COCO`` made by pycocotools
+    directly from such a file; the loaders of this package renumber already).
+    ``COCOeval`` needs them so: it looks ground truth up by id (a repeated id
+    replaces other boxes by one of them) and takes id 0 for "unmatched"."""
+    annotations = coco_gt.dataset.get("annotations")
+    if not annotations:
+        return coco_gt
+    ids = [ann.get("id") for ann in annotations]
+    if len(coco_gt.anns) == len(annotations) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids
+    ):
+        return coco_gt
+    fixed = COCO()
+    fixed.dataset = dict(coco_gt.dataset)
+    fixed.dataset["annotations"] = [dict(ann) for ann in annotations]
+    renumber_annotation_ids(fixed.dataset["annotations"], f"ground truth of {source}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        fixed.createIndex()
+    return fixed
+
+
 def results_to_coco(coco_gt, results):
     """A COCO object holding ``results`` as detections (what ``COCO.loadRes``
     makes for boxes, area = w * h), also for an empty list."""
@@ -216,6 +240,7 @@ def evaluate_coco_results(coco_gt, results, image_ids=None, per_class=False, sou
             "it cannot be evaluated locally, upload the results to the COCO evaluation server"
         )
     validate_results(results, coco_gt, source)
+    coco_gt = with_valid_annotation_ids(coco_gt, source)
     coco_eval = COCOeval(coco_gt, results_to_coco(coco_gt, results), "bbox")
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(image_ids)
@@ -357,18 +382,14 @@ def load_results_file(path):
 
 
 def load_coco_annotations(path):
-    """pycocotools ``COCO`` of an annotation file, with a clear error for a
-    missing or malformed file (its loading messages go to the debug log)."""
+    """pycocotools ``COCO`` of an annotation file, loaded and checked as the
+    datasets load it (:func:`atss_core.data.datasets.coco.load_coco_file`):
+    :class:`EvaluationError` naming the file, the record and the field for a
+    missing or malformed file; annotation ids that repeat or are 0 are
+    renumbered 1..N, with a warning."""
     if not os.path.isfile(path):
         raise EvaluationError(f"the annotation file {path} does not exist")
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            coco = COCO(path)
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise EvaluationError(f"cannot load the COCO annotation file {path}: {e!r}") from None
-    logger.debug(buffer.getvalue().strip())
-    return coco
+    return load_coco_file(path, f"annotation file {path}", EvaluationError)
 
 
 def evaluate_results_file(results_path, ann_file, per_class=False):

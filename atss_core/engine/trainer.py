@@ -18,12 +18,33 @@ non-finite terms, before anything is saved. The run therefore stops at most
 ``log_period`` iterations after the bad one, and a checkpoint is only written
 after the losses of every iteration up to it were checked. As the parameters
 can also turn non-finite through a non-finite gradient of a finite loss, they
-are checked too (one pass over them) before every checkpoint. The last good
-checkpoint and ``last_checkpoint`` are never overwritten by a diverged model.
+are checked too (one pass over them) before every checkpoint.
+
+Divergence. A blow-up usually shows as a finite but exploding loss before it
+turns NaN, and by then the weights can hold values like 1e13. The same host
+copy feeds a running median of the total loss over the last
+``divergence_window`` iterations; an iteration whose loss exceeds
+``divergence_factor`` times that median stops every process with
+:class:`DivergenceError` (a :class:`NonFiniteLossError`), before anything is
+saved. No host sync is added. Checkpoints store that history
+(``loss_history``), so a resumed run checks its first iterations against the
+losses before the checkpoint: resuming from diverged weights stops at once.
+
+Good checkpoints. A checkpoint holds the weights *after* its iteration's step,
+whose loss was computed before it: a step with a huge learning rate can corrupt
+the weights of a checkpoint whose own losses all looked sane. A checkpoint is
+therefore called good only once the iteration after it (computed with its
+weights) has a sane loss; ``OUTPUT_DIR/last_good_checkpoint`` names the last
+good one. When the run stops on a non-finite or exploding loss and
+``last_checkpoint`` names a later, unconfirmed checkpoint, ``last_checkpoint``
+is pointed back at the last good one (the later file is kept), so that "lower
+the learning rate and restart" resumes from weights that are sane.
 """
+import collections
 import datetime
 import json
 import logging
+import os
 import random
 import resource
 import sys
@@ -44,6 +65,19 @@ MIXED_PRECISION_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfl
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged: a loss term or a parameter became NaN or infinite."""
+
+
+class DivergenceError(NonFiniteLossError):
+    """Training diverged: the loss exploded (far above its recent median)."""
+
+
+LAST_GOOD_CHECKPOINT = "last_good_checkpoint"
+# Defaults of do_train's divergence check: stop when an iteration's total loss
+# exceeds DIVERGENCE_FACTOR times the median of the previous (at most)
+# DIVERGENCE_WINDOW iterations, once DIVERGENCE_MIN_HISTORY are known.
+DIVERGENCE_FACTOR = 100.0
+DIVERGENCE_WINDOW = 100
+DIVERGENCE_MIN_HISTORY = 3
 
 
 def seed_all_rng(seed):
@@ -174,16 +208,126 @@ def _first_non_finite_row(values):
     return int(bad_rows[0]) if bad_rows.size else len(values)
 
 
-def _non_finite_loss_error(names, iteration, row):
-    bad_terms = ", ".join(f"{names[j]}={row[j]}" for j in np.flatnonzero(~np.isfinite(row)))
-    message = (
-        f"non-finite loss at iteration {iteration}: {bad_terms} (averaged over processes). "
-        "Training stopped; nothing was saved after the last checkpoint. Lower SOLVER.BASE_LR, "
-        "lengthen SOLVER.WARMUP_ITERS or check the annotations, then restart (the run resumes "
-        "from OUTPUT_DIR/last_checkpoint)."
-    )
+class _DivergenceMonitor:
+    """Running median of the total loss; flags a loss far above it."""
+
+    def __init__(self, factor, window, min_history=DIVERGENCE_MIN_HISTORY, history=()):
+        self.factor = factor
+        self.min_history = max(1, min_history)
+        self.history = collections.deque(
+            (float(v) for v in history or () if np.isfinite(v)), maxlen=max(window, self.min_history))
+
+    def check(self, total):
+        """``(median, count)`` when ``total`` exceeds ``factor`` times the median
+        of the history (then it is not added), else None (and it is added)."""
+        if self.factor and len(self.history) >= self.min_history:
+            median = float(np.median(self.history))
+            if median > 0 and total > self.factor * median:
+                return median, len(self.history)
+        self.history.append(total)
+        return None
+
+
+def read_checkpoint_pointer(folder, name=LAST_GOOD_CHECKPOINT):
+    """The checkpoint path the pointer file ``folder/name`` names (None when
+    the file or the checkpoint does not exist)."""
+    if not folder:
+        return None
+    try:
+        with open(os.path.join(folder, name)) as f:
+            target = f.read().strip()
+    except OSError:
+        return None
+    path = target if os.path.isabs(target) else os.path.join(folder, target)
+    return path if target and os.path.isfile(path) else None
+
+
+class _GoodCheckpoints:
+    """Which checkpoint is known good (see the module docstring); keeps
+    ``last_good_checkpoint`` up to date in the checkpointer's folder (on the
+    process that writes checkpoints)."""
+
+    def __init__(self, checkpointer, resumed_from=None):
+        self.folder = getattr(checkpointer, "save_dir", "") or ""
+        self.writes = bool(self.folder) and bool(getattr(checkpointer, "save_to_disk", False))
+        self.good = read_checkpoint_pointer(self.folder)
+        # The weights the loop starts from count as a checkpoint awaiting its
+        # first iteration.
+        self.pending = resumed_from
+        self.latest = resumed_from
+
+    def _pointer_text(self, path):
+        inside = self.folder and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.folder)
+        return os.path.basename(path) if inside else os.path.abspath(path)
+
+    def saved(self, path):
+        self.pending = self.latest = path
+
+    def confirm(self):
+        """The iteration after the pending checkpoint had a sane loss."""
+        if self.pending is None:
+            return
+        self.good, self.pending = self.pending, None
+        if self.writes:
+            from atss_core.utils.io import atomic_write_text
+
+            atomic_write_text(self._pointer_text(self.good), os.path.join(self.folder, LAST_GOOD_CHECKPOINT))
+
+    def stop_advice(self):
+        """What to do now (for the error message); points ``last_checkpoint``
+        back at the last good checkpoint when it names a later one."""
+        todo = "Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or check the annotations"
+        name = (lambda p: os.path.basename(p)) if self.folder else (lambda p: p)
+        if (self.good is not None and self.latest is not None
+                and os.path.abspath(self.latest) != os.path.abspath(self.good)):
+            if self.writes:
+                from atss_core.utils.io import atomic_write_text
+
+                atomic_write_text(self._pointer_text(self.good), os.path.join(self.folder, "last_checkpoint"))
+            return (
+                f"{name(self.latest)} was saved as the loss went bad and may hold diverged weights "
+                f"(it is kept): OUTPUT_DIR/last_checkpoint now names {name(self.good)}, the last "
+                f"checkpoint saved while the loss was sane (OUTPUT_DIR/{LAST_GOOD_CHECKPOINT}). {todo}, "
+                f"then restart: the run resumes from {name(self.good)}."
+            )
+        if self.good is not None:
+            return (
+                f"The last checkpoint saved while the loss was sane is {name(self.good)} "
+                f"(OUTPUT_DIR/{LAST_GOOD_CHECKPOINT}; OUTPUT_DIR/last_checkpoint names it too). "
+                f"{todo}, then restart: the run resumes from it."
+            )
+        if self.latest is not None:
+            return (
+                f"No checkpoint of this run is known good: {name(self.latest)} was saved just before "
+                f"the loss went bad and may hold diverged weights. {todo}, then start over (delete "
+                "OUTPUT_DIR/last_checkpoint; a restart would resume from it)."
+            )
+        return f"No checkpoint was saved. {todo}, then restart (training starts over)."
+
+
+def _stop(error_class, what, good):
+    message = (f"{what}. Training stopped; nothing was saved after the last checkpoint. "
+               f"{good.stop_advice()}")
     logger.error(message)
-    return NonFiniteLossError(message)
+    return error_class(message)
+
+
+def _non_finite_loss_error(names, iteration, row, good):
+    bad_terms = ", ".join(f"{names[j]}={row[j]}" for j in np.flatnonzero(~np.isfinite(row)))
+    return _stop(NonFiniteLossError,
+                 f"non-finite loss at iteration {iteration}: {bad_terms} (averaged over processes)", good)
+
+
+def _divergence_error(names, iteration, row, median, count, good):
+    total = float(row.sum())
+    terms = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(names, row))
+    return _stop(
+        DivergenceError,
+        f"the loss exploded at iteration {iteration}: {total:.4g} ({terms}; averaged over processes), "
+        f"{total / median:.3g} times the median {median:.4g} of the {count} iterations before it: "
+        "the weights are diverging",
+        good,
+    )
 
 
 def _format_eta(seconds):
@@ -207,6 +351,10 @@ def do_train(
     eval_period=0,
     eval_fn=None,
     metrics_path=None,
+    divergence_factor=DIVERGENCE_FACTOR,
+    divergence_window=DIVERGENCE_WINDOW,
+    resumed_from=None,
+    loss_history=None,
 ):
     """Train from iteration ``start_iter`` (already done) to ``max_iter``.
 
@@ -230,9 +378,20 @@ def do_train(
             evaluation is the caller's.
         metrics_path: file (main process) that gets one JSON line per iteration
             with the process-averaged loss terms, total loss, lr and timings.
+        divergence_factor, divergence_window: stop with :class:`DivergenceError`
+            when an iteration's total loss exceeds ``divergence_factor`` times
+            the median of the previous ``divergence_window`` iterations
+            (``divergence_factor`` 0: no such check).
+        resumed_from: the checkpoint file the model was loaded from (None:
+            not a checkpoint of a training run); it becomes the last good
+            checkpoint once the first iteration's loss is sane.
+        loss_history: total losses of the iterations before ``start_iter``
+            (the ``loss_history`` a checkpoint stores), to check the first
+            iterations against.
 
     Returns the last iteration (``max_iter``). Raises :class:`NonFiniteLossError`
-    when training diverges (see the module docstring).
+    (:class:`DivergenceError` for an exploding loss) when training diverges
+    (see the module docstring).
     """
     if start_iter >= max_iter:
         logger.info("Iteration %d reached SOLVER.MAX_ITER %d: nothing to train", start_iter, max_iter)
@@ -243,6 +402,8 @@ def do_train(
 
     meters = MetricLogger(delimiter="  ")
     record = _LossRecord()
+    monitor = _DivergenceMonitor(divergence_factor, divergence_window, history=loss_history)
+    good = _GoodCheckpoints(checkpointer, resumed_from)
     host_rows = []  # (lr, time, data_time) per buffered iteration
     progress = tqdm(total=max_iter, initial=start_iter, desc="train", dynamic_ncols=True,
                     disable=True if not main_process else None)
@@ -275,11 +436,22 @@ def do_train(
             end = time.perf_counter()
             continue
 
-        # Iterations before the first non-finite one are logged, then the run stops.
+        # Iterations before the first non-finite or exploding one are logged (an
+        # exploding, finite one too), then the run stops.
         num_finite = _first_non_finite_row(values)
+        num_sane, diverged = num_finite, None
+        for i in range(num_finite):
+            diverged = monitor.check(float(values[i].sum()))
+            if diverged is not None:
+                num_sane = i
+                break
+        if num_sane > 0:
+            # The first iteration after the last checkpoint ran on its weights.
+            good.confirm()
+        num_logged = num_sane + (diverged is not None)
         rows = []
         for it, row, (row_lr, row_time, row_data) in zip(
-            iterations[:num_finite], values[:num_finite], host_rows[:num_finite]
+            iterations[:num_logged], values[:num_logged], host_rows[:num_logged]
         ):
             terms = dict(zip(record.names, (float(v) for v in row)))
             total = float(row.sum())
@@ -290,8 +462,10 @@ def do_train(
         if main_process and metrics_path:
             with open(metrics_path, "a") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
+        if diverged is not None:
+            raise _divergence_error(record.names, iterations[num_sane], values[num_sane], *diverged, good)
         if num_finite < len(iterations):
-            raise _non_finite_loss_error(record.names, iterations[num_finite], values[num_finite])
+            raise _non_finite_loss_error(record.names, iterations[num_finite], values[num_finite], good)
 
         if log_now:
             eta = meters["time"].global_avg * (max_iter - iteration)
@@ -308,19 +482,22 @@ def do_train(
 
         if save_now:
             if not parameters_are_finite(model):
-                message = (
+                raise _stop(
+                    NonFiniteLossError,
                     f"the parameters became non-finite by iteration {iteration} although every "
-                    "loss term was finite (a non-finite gradient). Training stopped; nothing was "
-                    "saved after the last checkpoint."
+                    "loss term was finite (a non-finite gradient)",
+                    good,
                 )
-                logger.error(message)
-                raise NonFiniteLossError(message)
-            extra = {"iteration": iteration}
+            extra = {"iteration": iteration, "loss_history": list(monitor.history)}
             if grad_scaler is not None:
                 extra["grad_scaler"] = grad_scaler.state_dict()
             # The last iteration is saved once, as model_final, even when it
             # falls on the checkpoint period.
-            checkpointer.save("model_final" if last else f"model_{iteration:07d}", **extra)
+            name = "model_final" if last else f"model_{iteration:07d}"
+            path = checkpointer.save(name, **extra)
+            folder = getattr(checkpointer, "save_dir", "") or ""
+            good.saved(path if isinstance(path, str) else
+                       os.path.join(folder, f"{name}.pth") if folder else f"{name}.pth")
 
         if eval_now:
             eval_fn(iteration)

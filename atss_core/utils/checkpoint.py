@@ -11,6 +11,12 @@
     reference configs (resolved to a local file by
     :class:`~atss_core.config.paths_catalog.ModelCatalog`; nothing is downloaded).
 
+Nothing in a weights file runs: ``.pth`` files are read with
+``torch.load(weights_only=True)`` and ``.pkl`` files with an unpickler that
+builds only numpy arrays, strings and numbers
+(:class:`~atss_core.utils.c2_model_loading.C2Unpickler`); a file that names
+anything else (``os.system``, ...) stops with :class:`UnsafeCheckpointError`.
+
 A whole-model checkpoint (a, b) must match the model exactly: the same tensor
 names and shapes. Pretrained weights (c, d) must cover the whole backbone body
 (batch-norm statistics of Caffe2 files and deformable-conv offsets excepted,
@@ -24,6 +30,7 @@ which :meth:`DetectronCheckpointer.load` resumes.
 import logging
 import os
 import pickle
+import re
 
 import torch
 
@@ -31,6 +38,7 @@ from atss_core.config.paths_catalog import ModelCatalog
 
 from .c2_model_loading import (
     UnknownLayoutError,
+    UnsafePickleError,
     c2_to_body,
     is_torchvision_resnet,
     load_c2_pickle,
@@ -46,11 +54,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be loaded into the model."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A weights file whose pickle would run code (names a global other than
+    numpy arrays, strings and numbers): refused before anything in it runs.
+    ``global_name`` is the refused ``module.name``."""
+
+    def __init__(self, message, path=None, global_name=None):
+        super().__init__(message)
+        self.path = path
+        self.global_name = global_name
+
+
 def _listing(title, names):
     names = sorted(names)
     shown = "\n    ".join(names[:_MAX_LISTED])
     more = f"\n    ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
     return f"  {title} ({len(names)}):\n    {shown}{more}"
+
+
+def _weights_only_refusal(error):
+    """(what torch's weights-only unpickler refused, the refused ``module.name``
+    or None), from its message, leaving out its advice to load with
+    ``weights_only=False``."""
+    message = str(error)
+    kept = [p.strip() for p in message.split("\n\n") if p.strip() and not p.strip().startswith(
+        ("Weights only load failed", "Check the documentation", "Please file an issue"))]
+    detail = " ".join(kept) or "torch.load(weights_only=True) refused its content"
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return detail, (match.group(1) if match else None)
 
 
 def _unwrap(model):
@@ -76,6 +107,9 @@ class DetectronCheckpointer:
         self.save_dir = save_dir
         self.save_to_disk = bool(save_dir) if save_to_disk is None else save_to_disk
         self.logger = logger or logging.getLogger(__name__)
+        # What the last load() read: "model" (a whole detector), "torchvision" or
+        # "caffe2" (backbone weights only), None when nothing was loaded.
+        self.loaded_layout = None
 
     # ------------------------------------------------------------------ save
     def save(self, name, **extra):
@@ -121,6 +155,7 @@ class DetectronCheckpointer:
         ``use_latest``), else ``f`` (default ``cfg.MODEL.WEIGHT``). Returns the
         checkpoint's other entries (e.g. ``{"iteration": 5000}``); ``{}`` when
         nothing was loaded."""
+        self.loaded_layout = None
         if use_latest and self.has_checkpoint():
             f = self.get_checkpoint_file()
         elif f is None:
@@ -136,6 +171,7 @@ class DetectronCheckpointer:
             self._load_full_model(checkpoint.pop("model"), path)
         else:
             self._load_backbone_body(checkpoint.pop("model"), path, kind)
+        self.loaded_layout = kind
         if "optimizer" in checkpoint and self.optimizer is not None:
             self.logger.info("Loading optimizer state from %s", path)
             self.optimizer.load_state_dict(checkpoint.pop("optimizer"))
@@ -152,11 +188,30 @@ class DetectronCheckpointer:
         if path.endswith(".pkl"):
             try:
                 blobs = load_c2_pickle(path)
+            except UnsafePickleError as e:
+                raise UnsafeCheckpointError(str(e), path, e.global_name) from None
+            except UnknownLayoutError as e:
+                raise CheckpointError(str(e)) from None
+            except Exception as e:  # truncated or corrupt pickles raise all sorts
+                raise CheckpointError(
+                    f"{path} is not a Caffe2 weights file: {type(e).__name__}: {e}") from None
+            try:
                 return {"__layout__": "caffe2", "model": c2_to_body(blobs, path)}
-            except (pickle.UnpicklingError, UnknownLayoutError, EOFError) as e:
+            except UnknownLayoutError as e:
                 raise CheckpointError(f"{path} is not a Caffe2 weights file: {e}") from None
+        # weights_only: torch's own allow-list unpickler; never set it to False.
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # what weights_only refused, without torch's advice
+            detail, refused = _weights_only_refusal(e)
+            if refused:
+                raise UnsafeCheckpointError(
+                    f"refused to load {path}: it holds {refused}, which a checkpoint of tensors never "
+                    "contains; the file may be malicious. Nothing in it was run (checkpoints are read "
+                    "with torch.load(weights_only=True)).", path, refused) from None
+            raise CheckpointError(
+                f"{path} is not a checkpoint this framework can read (a torch .pth of a state dict "
+                f"or {{'model': state_dict}}, or a Caffe2 .pkl): {detail}") from None
         except Exception as e:
             raise CheckpointError(
                 f"{path} is not a checkpoint this framework can read (a torch .pth of a "
