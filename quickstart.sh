@@ -2,7 +2,8 @@
 # Quick start: from a fresh clone to a trained, evaluated and visualised ATSS
 # detector on the built-in synthetic dataset, with no data to download.
 #
-#     bash quickstart.sh              # about 10 minutes on a 2-core CPU, a few on a GPU
+#     bash quickstart.sh              # about 9 minutes the first time on a 2-core CPU (3 of
+#                                     # them set-up), 6 on later runs; a few on a GPU
 #     bash quickstart.sh --fresh      # options go to tools/quick_start.py (--help lists them)
 #
 # 1. scripts/setup_env.sh sets up the virtual environment .venv ($ATSS_VENV):

@@ -157,12 +157,12 @@ def test_test_loader_skips_unreadable_images(tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetCatalog, "_registered", {})
     DatasetCatalog.register("hand", root, ann_file)
     c = small_cfg("DATASETS.TEST", ("hand",), "TEST.IMS_PER_BATCH", 1,
-                  "DATALOADER.ASPECT_RATIO_GROUPING", False)
+                  "DATALOADER.ASPECT_RATIO_GROUPING", False, "MODEL.ATSS.NUM_CLASSES", 3)
     (loader,) = make_data_loader(c, is_train=False)
     indices = [idx for _, _, idx in loader]
     assert indices == [(0,), (1,), (2,), (3,)]  # index 4 (5.png) is unreadable: no batch
     c = small_cfg("DATASETS.TEST", ("hand",), "TEST.IMS_PER_BATCH", 2,
-                  "DATALOADER.ASPECT_RATIO_GROUPING", False)
+                  "DATALOADER.ASPECT_RATIO_GROUPING", False, "MODEL.ATSS.NUM_CLASSES", 3)
     (loader,) = make_data_loader(c, is_train=False)
     assert [idx for _, _, idx in loader] == [(0, 1), (2, 3)]
 

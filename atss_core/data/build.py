@@ -175,20 +175,6 @@ def check_num_classes(dataset, num_classes, key=_NUM_CLASSES_KEY):
             )
 
 
-def _check_test_num_classes(dataset, num_classes):
-    """As :func:`check_num_classes`, except that a model with MORE classes
-    than the test dataset only gets a warning: the evaluation already refuses
-    (EvaluationError naming NUM_CLASSES) any detection whose label the
-    dataset lacks, while a model with fewer classes would score silently wrong."""
-    try:
-        check_num_classes(dataset, num_classes)
-    except ConfigError as e:
-        if num_classes - 1 < len(dataset.categories):
-            raise
-        logger.warning("%s; the evaluation stops at the first detection of a class the "
-                       "dataset does not have", e)
-
-
 def _write_skipped_list(dataset, output_dir, write):
     """Write the training images left out (``dataset.skipped`` of each part)
     to ``output_dir/SKIPPED_IMAGES_FILE`` (only ``write``: the main process)
@@ -327,7 +313,7 @@ def make_data_loader(cfg, is_train=True, is_distributed=False, start_iter=0):
         return DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
 
     for dataset in datasets:
-        _check_test_num_classes(dataset, num_classes)
+        check_num_classes(dataset, num_classes)
     loaders = []
     for dataset in datasets:
         sampler = InferenceSampler(len(dataset), num_processes, rank)
