@@ -24,6 +24,10 @@ trained detector. No weights, or ImageNet backbone weights only (a
 ``catalog://`` name, a Caffe2 ``.pkl``, a torchvision ResNet), would leave the
 detection head randomly initialised: refused unless ``--allow-untrained``.
 
+The detections are those of ``atss_core.engine.Predictor`` (the Python API,
+docs/DEPLOY.md), one image at a time; the images are decoded with
+``cv2.imread``, which applies their EXIF orientation, as the reference demo.
+
 Mistakes (a missing folder, no images, an output folder that would overwrite
 something, a bad config, weights or thresholds file) print one line
 ``atss_demo.py: error: ...`` and exit with status 2.
@@ -33,6 +37,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 
 import cv2
 import torch
@@ -43,8 +48,9 @@ from atss_core.config import ConfigError  # noqa: E402
 from atss_core.config import cfg as default_cfg, validate_config  # noqa: E402
 from atss_core.config.paths_catalog import DatasetNotFoundError  # noqa: E402
 from atss_core.engine.coco_eval import EvaluationError  # noqa: E402
+from atss_core.engine.predictor import Predictor  # noqa: E402
 from atss_core.utils.checkpoint import CheckpointError  # noqa: E402
-from demo.predictor import ATSSDemo  # noqa: E402
+from atss_core.utils.visualize import draw_detections  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_LISTED = 5
@@ -237,19 +243,27 @@ def run(args):
     targets = check_output_dir(args.output_dir, args.images_dir, names, args.overwrite) if args.output_dir else {}
     if args.class_thresholds and not os.path.isfile(args.class_thresholds):
         raise DemoError(f"--class-thresholds {args.class_thresholds}: no such file")
-    # ATSSDemo refuses untrained weights (UntrainedModelError) before building the model.
-    demo = ATSSDemo(cfg, weights=args.weights or cfg.MODEL.WEIGHT, confidence_threshold=args.confidence_threshold,
-                    class_thresholds=args.class_thresholds or None, allow_untrained=args.allow_untrained)
+    # The Predictor refuses untrained weights (UntrainedModelError), before
+    # building the model when their name says so.
+    predictor = Predictor(cfg, weights=args.weights or cfg.MODEL.WEIGHT,
+                          score_threshold=args.confidence_threshold,
+                          class_thresholds=args.class_thresholds or None, batch_size=1,
+                          allow_untrained=args.allow_untrained)
     if args.output_dir:  # created only once the model is ready
         make_output_dir(args.output_dir)
     done = 0
     for name in names:
         path = os.path.join(args.images_dir, name)
+        # cv2.imread applies the EXIF orientation, as the reference demo does
+        # (Predictor.predict(path) decodes like the datasets, without it).
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             print(f"skipping {path}: not a readable image", file=sys.stderr)
             continue
-        drawn, detections, seconds = demo.run_on_image(image)
+        start = time.perf_counter()
+        detections = predictor.predict(image)
+        seconds = time.perf_counter() - start
+        drawn = draw_detections(image, detections)
         print(f"{name}: {len(detections)} detections, inference time {seconds * 1000:.1f} ms")
         if args.output_dir:
             write_image(targets[name], drawn)

@@ -12,10 +12,10 @@ import torch
 
 from conftest import REPO_ROOT, load_cfg
 
+from atss_core.engine.predictor import Predictor, UntrainedModelError, class_names_for
 from atss_core.modeling.detector import build_detection_model
 from atss_core.utils.checkpoint import DetectronCheckpointer
 from demo import atss_demo
-from demo.predictor import ATSSDemo, UntrainedModelError, class_names_for
 
 OPTS = ["MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET", "MODEL.RESNETS.TRANS_FUNC", "BasicBlockWithFixedBatchNorm",
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
@@ -65,13 +65,13 @@ def test_per_class_thresholds(tmp_path, checkpoint):
     names = class_names_for(cfg)
     assert names == ["class 1", "class 2", "class 3"]
     image = np.random.RandomState(1).randint(0, 255, (100, 100, 3), dtype=np.uint8)
-    everything = ATSSDemo(cfg, checkpoint, confidence_threshold=0.0).predict(image)
-    assert len(everything) > 0 and set(everything.get_field("labels").tolist()) == {1, 2, 3}
+    everything = Predictor(cfg, weights=checkpoint, score_threshold=0.0).predict(image)
+    assert len(everything) > 0 and set(everything.labels.tolist()) == {1, 2, 3}
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps({"class 1": 0.0, "class 2": 1.0}))
-    kept = ATSSDemo(cfg, checkpoint, confidence_threshold=1.0, class_thresholds=str(path)).predict(image)
-    assert set(kept.get_field("labels").tolist()) == {1}
-    assert kept.size == (100, 100) and float(kept.bbox[:, 2].max()) <= 100
+    kept = Predictor(cfg, weights=checkpoint, score_threshold=1.0, class_thresholds=str(path)).predict(image)
+    assert set(kept.labels.tolist()) == {1}
+    assert kept.image_size == (100, 100) and float(kept.boxes[:, 2].max()) <= 100
 
 
 # ------------------------------------------------------------------ outputs never overwrite inputs
@@ -207,8 +207,8 @@ def test_backbone_only_weights_file_is_refused(tmp_path, capsys):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision_r18_state(build_detection_model(cfg)), path)
     with pytest.raises(UntrainedModelError, match="torchvision layout"):
-        ATSSDemo(cfg, str(path))
-    ATSSDemo(cfg, str(path), allow_untrained=True)
+        Predictor(cfg, weights=str(path))
+    Predictor(cfg, weights=str(path), allow_untrained=True)
     images = tmp_path / "images"
     write_images(images)
     err = run_demo_error(capsys, demo_args(images, tmp_path / "out", path))
@@ -256,10 +256,10 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, checkpoint, monkeypatc
     images = tmp_path / "images"
     write_images(images)
 
-    def broken(self, image):
+    def broken(self, images):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(ATSSDemo, "run_on_image", broken)
+    monkeypatch.setattr(Predictor, "predict", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         atss_demo.main(demo_args(images, tmp_path / "out", checkpoint))
 

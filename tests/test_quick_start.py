@@ -4,10 +4,20 @@ import json
 import os
 import sys
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO_ROOT
+
+from atss_core.data.synthetic import ensure_shapes_dataset, split_paths
+from atss_core.data.transforms import build_transforms
+from atss_core.modeling.detector import build_detection_model
+from atss_core.structures.boxlist_ops import box_iou
+from atss_core.structures.image_list import to_image_list
+from atss_core.utils import visualize
+from atss_core.utils.checkpoint import DetectronCheckpointer
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 
@@ -94,6 +104,56 @@ def test_rejects_configs_that_do_not_train_on_shapes(tmp_path):
     with pytest.raises(quick_start.QuickStartError, match="coco128_train"):
         quick_start.main(["--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path),
                           "--device", "cpu", "DATASETS.TRAIN", "('coco128_train',)"])
+
+
+def test_pictures_show_each_image_s_own_detections(tmp_path, monkeypatch):
+    """draw_pictures (the Predictor, batched) draws, on each validation image,
+    what the model gives that image alone: the path it took before the
+    Predictor (cv2.imread, one image at a time, the test transforms, boxes
+    resized to the image, score >= the threshold), within the parity
+    tolerance (same label, IoU > 0.99, score within 1e-3)."""
+    data = str(tmp_path / "data")
+    ensure_shapes_dataset(data, num_train=1, num_val=3, image_size=96, seed=0)
+    cfg = quick_start.load_config(os.path.join(REPO_ROOT, quick_start.DEFAULT_CONFIG),
+                                  ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"])
+    torch.manual_seed(0)
+    model = build_detection_model(cfg).eval()
+    with torch.no_grad():
+        model.rpn.head.cls_logits.bias.fill_(0.0)  # scores about 0.5: many detections above 0.4
+    weights = DetectronCheckpointer(cfg, model, save_dir=str(tmp_path)).save("model_final")
+    drawn = []
+    draw = visualize.draw_detections
+
+    def recording_draw(image, detections):
+        picture = draw(image, detections)
+        drawn.append((detections, picture))
+        return picture
+
+    monkeypatch.setattr(visualize, "draw_detections", recording_draw)
+    paths = quick_start.draw_pictures(cfg, weights, data, str(tmp_path / "pictures"), 3, 0.4)
+    image_dir, ann_file = split_paths(data, "shapes", "val")
+    names = sorted(os.listdir(image_dir))[:3]
+    assert paths == [str(tmp_path / "pictures" / n) for n in ["grid.png"] + names]
+    with open(ann_file) as f:
+        class_names = [c["name"] for c in json.load(f)["categories"]]
+    assert len(drawn) == 3
+    for name, path, (detections, picture) in zip(names, paths[1:], drawn):
+        image = cv2.imread(os.path.join(image_dir, name))
+        tensor, _ = build_transforms(cfg, is_train=False)(image, None)
+        with torch.no_grad():
+            alone = model(to_image_list([tensor], cfg.DATALOADER.SIZE_DIVISIBILITY))[0]
+        alone = alone.resize((image.shape[1], image.shape[0]))
+        keep = alone.get_field("scores") >= 0.4
+        ref_boxes, ref_scores = alone.bbox[keep], alone.get_field("scores")[keep]
+        ref_labels = alone.get_field("labels")[keep]
+        assert len(detections) == len(ref_boxes) > 0
+        same = ((torch.from_numpy(detections.labels)[:, None] == ref_labels[None])
+                & (box_iou(torch.from_numpy(detections.boxes), ref_boxes) > 0.99)
+                & ((torch.from_numpy(detections.scores)[:, None] - ref_scores[None]).abs() < 1e-3))
+        assert bool(same.any(0).all()) and bool(same.any(1).all())
+        assert detections.names == [class_names[label - 1] for label in detections.labels]
+        assert detections.image_size == (96, 96)
+        assert open(path, "rb").read() == cv2.imencode(".jpg", picture)[1].tobytes()
 
 
 def _run_quick_start(tmp_path, num_train, num_val, image_size, overrides, num_pictures=4):

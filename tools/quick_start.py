@@ -12,8 +12,8 @@ command of the framework (printed as it runs, so that you can repeat it):
 2. train the CPU-friendly config ``configs/atss/quick_start/atss_R_18_shapes.yaml``
    with ``tools/train_net.py`` (on the GPU when torch sees one);
 3. evaluate the final checkpoint with ``tools/test_net.py`` (COCO metrics);
-4. draw the detections on validation images with the demo's predictor
-   (``demo/predictor.py``);
+4. draw the detections on validation images with the Python predictor
+   (``atss_core/engine/predictor.py``, what the demo uses);
 5. plot the training losses (``tools/plot_losses.py``).
 
 Outputs, in ``--output-dir`` (default ``training_dir/quick_start``):
@@ -177,21 +177,29 @@ def run_tool(title, command, env, verbose, log_hint):
 
 def draw_pictures(cfg, weights, data_dir, out_dir, num_pictures, score_threshold):
     """Detections of the trained model drawn on the first ``num_pictures``
-    validation images (with the demo's predictor), written to
-    ``out_dir/<name>.jpg`` and tiled into ``out_dir/grid.png``. Returns the
-    paths written, the grid first."""
-    from demo.predictor import ATSSDemo
+    validation images (``atss_core.engine.predictor.Predictor``, the demo's
+    inference path), written to ``out_dir/<name>.jpg`` and tiled into
+    ``out_dir/grid.png``. Returns the paths written, the grid first."""
+    from atss_core.engine.predictor import Predictor, read_image
+    from atss_core.utils.visualize import draw_detections
 
     image_dir = split_paths(data_dir, "shapes", "val")[0]
     names = sorted(os.listdir(image_dir))[:num_pictures]
     if not names:
         return []
+    images = []
+    for name in names:
+        try:
+            images.append(read_image(os.path.join(image_dir, name)))
+        except (OSError, ValueError) as e:
+            raise QuickStartError(f"cannot read {e}; regenerate the dataset with: "
+                                  "python -m atss_core.data.synthetic --force") from None
     # The predictor names the classes from the catalog's annotation file,
     # which lies under the data root.
     previous = os.environ.get("ATSS_DATA_DIR")
     os.environ["ATSS_DATA_DIR"] = data_dir
     try:
-        demo = ATSSDemo(cfg, weights=weights, confidence_threshold=score_threshold)
+        predictor = Predictor(cfg, weights=weights, score_threshold=score_threshold)
     finally:
         if previous is None:
             del os.environ["ATSS_DATA_DIR"]
@@ -199,12 +207,8 @@ def draw_pictures(cfg, weights, data_dir, out_dir, num_pictures, score_threshold
             os.environ["ATSS_DATA_DIR"] = previous
     os.makedirs(out_dir, exist_ok=True)
     paths, drawn_images = [], []
-    for name in names:
-        image = cv2.imread(os.path.join(image_dir, name), cv2.IMREAD_COLOR)
-        if image is None:
-            raise QuickStartError(f"cannot read {os.path.join(image_dir, name)}; regenerate the "
-                                  "dataset with: python -m atss_core.data.synthetic --force")
-        drawn, _, _ = demo.run_on_image(image)
+    for name, image, detections in zip(names, images, predictor.predict(images)):
+        drawn = draw_detections(image, detections)
         path = os.path.join(out_dir, os.path.splitext(name)[0] + ".jpg")
         _write_image(path, drawn)
         paths.append(path)

@@ -16,7 +16,8 @@ ground truth of the same images, for each category:
 A category without ground truth, or with no true positive at any threshold,
 gets ``default`` (its ``source`` says why).
 
-File format (what ``demo/atss_demo.py --class-thresholds FILE`` reads): a JSON
+File format (what ``demo/atss_demo.py --class-thresholds FILE`` and
+``Predictor(class_thresholds=FILE)`` read): a JSON
 object ``{class name: threshold}`` with one entry per category, in the order of
 the contiguous ids 1..C (json category ids sorted ascending). A detection is
 kept when ``score >= threshold[its class]``.
@@ -25,7 +26,9 @@ import contextlib
 import io
 import logging
 import math
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,37 +195,43 @@ def format_class_thresholds(class_thresholds):
     return "\n".join(lines)
 
 
-def load_class_thresholds(path, class_names, default=None):
-    """Read a ``{class name: threshold}`` file for a model with ``class_names``.
+def load_class_thresholds(source, class_names, default=None):
+    """Per-class thresholds for a model with ``class_names``, from a
+    ``{class name: threshold}`` file or mapping.
 
     Args:
-        path (str): the JSON file.
+        source (str, os.PathLike or Mapping): the JSON file, or the
+            ``{class name: threshold}`` mapping itself.
         class_names (list[str]): names of the contiguous ids 1..C, in order
             (``class_names[0]`` is class 1).
-        default (float or None): threshold of classes the file does not list;
-            None makes a missing class an error.
+        default (float or None): threshold of classes ``source`` does not
+            list; None makes a missing class an error.
 
     Returns:
         Tensor [C + 1] float32: ``thresholds[label]`` for labels 1..C (index 0,
         the background, is 0 and unused). Keep a detection when
         ``score >= thresholds[label]``.
     """
-    data = read_json(path, f"class thresholds file {path}", EvaluationError)
-    if not isinstance(data, dict):
+    if isinstance(source, Mapping):
+        data, what = source, "the class_thresholds mapping"
+    else:
+        path = os.fspath(source)
+        what = f"the class thresholds file {path}"
+        data = read_json(path, f"class thresholds file {path}", EvaluationError)
+    if not isinstance(data, Mapping):
         raise EvaluationError(
-            f"the class thresholds file {path} must hold an object {{class name: threshold}}, "
-            f"got {type(data).__name__}"
+            f"{what} must hold an object {{class name: threshold}}, got {type(data).__name__}"
         )
     unknown = [name for name in data if name not in class_names]
     if unknown:
         raise EvaluationError(
-            f"the class thresholds file {path} names classes the model does not have: "
+            f"{what} names classes the model does not have: "
             f"{', '.join(map(repr, unknown[:10]))}; known classes: {', '.join(class_names[:10])}..."
         )
     missing = [name for name in class_names if name not in data]
     if missing and default is None:
         raise EvaluationError(
-            f"the class thresholds file {path} lacks the classes "
+            f"{what} lacks the classes "
             f"{', '.join(map(repr, missing[:10]))}{' ...' if len(missing) > 10 else ''}; "
             "add them or give a default threshold"
         )
@@ -232,8 +241,7 @@ def load_class_thresholds(path, class_names, default=None):
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or not 0.0 <= value <= 1.0:
             raise EvaluationError(
-                f"the class thresholds file {path} gives {name!r} the threshold {value!r}; "
-                "thresholds are scores in [0, 1]"
+                f"{what} gives {name!r} the threshold {value!r}; thresholds are scores in [0, 1]"
             )
         thresholds[i] = float(value)
     return thresholds
