@@ -161,7 +161,13 @@ setup(
         "opencv-python-headless>=4.5",
         "tqdm>=4.60",
     ],
-    extras_require={"build": ["ninja>=1.10"], "test": ["pytest>=7"]},
+    extras_require={
+        "build": ["ninja>=1.10"],
+        "test": ["pytest>=7"],
+        # tools/export_model.py and tests/test_export.py (docs/DEPLOY.md); DCNv2 models need an
+        # onnxruntime with the DeformConv CPU kernel (tested: onnx 1.23.2, onnxruntime 1.32.0).
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
+    },
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtensionWithHint},
 )
