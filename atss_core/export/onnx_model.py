@@ -141,8 +141,15 @@ class _DeformConvFn(torch.autograd.Function):
         if mask is None:
             n, c, ho, wo = offset.shape
             mask = offset.new_ones((n, c // 2, ho, wo))
-        return modulated_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation,
-                                     groups, dg)
+        # Computed outside the ONNX tracer: the pure-PyTorch fallback (no compiled
+        # kernels) would otherwise leave its own ops in the traced subgraph.
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return modulated_deform_conv(input, offset, mask, weight, bias, stride, padding, dilation,
+                                         groups, dg)
+        finally:
+            torch._C._set_tracing_state(state)
 
     @staticmethod
     def symbolic(g, input, offset, mask, weight, bias, stride, padding, dilation, groups, dg):
