@@ -171,6 +171,21 @@ def test_single_image_and_to_boxlist(predictor):
     assert_same(predictor.predict(np.ascontiguousarray(image[:, :, ::-1])[:, :, ::-1]), det, min_fraction=1.0)
 
 
+def test_image_list_input_is_the_network_input(predictor):
+    """An ImageList (what the data loaders give) runs as it is; the boxes are in
+    the pixels of its image_sizes, i.e. of the resized input."""
+    image = random_images([(120, 160)])[0]
+    tensor, _ = predictor.transforms(image, None)
+    batch = to_image_list([tensor], predictor.cfg.DATALOADER.SIZE_DIVISIBILITY)
+    (det,) = predictor.predict(batch)
+    h, w = tensor.shape[-2:]
+    assert det.image_size == (w, h)
+    # the same detections as from the array, scaled to the resized input
+    expected = predictor.predict(image).to_boxlist().resize((w, h))
+    assert_same(det, Detections(expected.bbox.numpy(), expected.get_field("scores").numpy(),
+                                expected.get_field("labels").numpy(), det.names, (w, h)), min_fraction=1.0)
+
+
 # ------------------------------------------------------------------ batching
 def test_batched_equals_one_by_one(predictor):
     # sizes whose padded inputs differ, repeat and interleave

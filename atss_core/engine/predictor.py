@@ -44,7 +44,7 @@ from atss_core.data.datasets.coco import read_image_file
 from atss_core.data.transforms import build_transforms
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.bounding_box import BoxList
-from atss_core.structures.image_list import to_image_list
+from atss_core.structures.image_list import ImageList, to_image_list
 from atss_core.utils.checkpoint import CheckpointError, DetectronCheckpointer
 
 from .bbox_aug import build_bbox_aug
@@ -303,7 +303,10 @@ class Predictor:
         Args:
             images: a BGR uint8 numpy array [H, W, 3], an image file path
                 (str or os.PathLike; decoded like the datasets, see the module
-                docstring), or a list (any iterable) of them.
+                docstring), or a list (any iterable) of them; or an
+                :class:`ImageList` that is already the network input (as the
+                data loaders give it: resized, normalised, padded), whose
+                detections are then in the pixels of its ``image_sizes``.
 
         Returns:
             a :class:`Detections` for a single image or path, else a list of
@@ -318,6 +321,8 @@ class Predictor:
         missing file, naming the input (``images[i]``, or ``image`` for a
         single one) and the path.
         """
+        if isinstance(images, ImageList):
+            return self._predict_image_list(images)
         single = isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim != 4)
         if single:
             items, names = [images], ["image"]
@@ -346,6 +351,17 @@ class Predictor:
         for group in pending.values():
             self._predict_group(group, results)
         return results[0] if single else results
+
+    @torch.no_grad()
+    def _predict_image_list(self, image_list):
+        """Detections of an already prepared batch, one per image, in the
+        pixels of ``image_list.image_sizes`` ((h, w) each)."""
+        if self.bbox_aug is not None:
+            raise ValueError("predict(ImageList) runs the model on a prepared batch; test-time "
+                             "augmentation needs the original images: pass arrays or paths")
+        outputs = self.model(image_list.to(self.device))
+        return [self._to_detections(output, (w, h))
+                for output, (h, w) in zip(outputs, image_list.image_sizes)]
 
     @torch.no_grad()
     def _predict_group(self, group, results):
