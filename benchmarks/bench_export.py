@@ -28,7 +28,6 @@ The detections of the two are compared (as sets) and the matched fraction printe
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from atss_core.export.exporter import compare_detections, export_onnx, onnx_sess
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.structures.image_list import to_image_list  # noqa: E402
 from atss_core.utils.checkpoint import DetectronCheckpointer  # noqa: E402
+from bench_kernels import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference")
 
@@ -115,17 +115,6 @@ def load_image(args, cfg):
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     image = resize_image(image, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     return torch.from_numpy(np.ascontiguousarray(image))[None], os.path.basename(path)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

@@ -56,3 +56,19 @@ def load_cfg(name, opts=()):
     c.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return c
 
+
+
+@pytest.fixture
+def restore_atss_logger():
+    """The tools' main() configures the "atss_core" logger (handlers, no
+    propagation); put it back so that later tests' log capture works."""
+    import logging
+
+    logger = logging.getLogger("atss_core")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]

@@ -4,7 +4,6 @@ errors with exit status 2. The training-loop side (divergence) is in
 test_train_loop.py and test_train.py."""
 import errno
 import importlib.util
-import logging
 import os
 import signal
 import subprocess
@@ -38,16 +37,8 @@ TRAINING_TEMPORARIES = r"model_[^/]*\.pth|last_checkpoint|last_good_checkpoint|c
 
 
 @pytest.fixture(autouse=True)
-def restore_atss_logger():
-    """The tools' main() configures the "atss_core" logger; put it back."""
-    logger = logging.getLogger("atss_core")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
+def _restore_atss_logger(restore_atss_logger):
+    """Every test here runs a tool's main(): conftest's restore_atss_logger."""
 
 
 def load_tool(name):

@@ -8,7 +8,6 @@ start ``tools/train_net.py`` as separate processes.
 """
 import importlib.util
 import json
-import logging
 import math
 import os
 import signal
@@ -76,17 +75,8 @@ def data_env(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def restore_atss_logger():
-    """train_net.main() configures the "atss_core" logger (handlers, no
-    propagation); put it back so that later tests' log capture works."""
-    logger = logging.getLogger("atss_core")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
+def _restore_atss_logger(restore_atss_logger):
+    """Every test here runs a tool's main(): conftest's restore_atss_logger."""
 
 
 def write_subset(folder, name, image_ids, split="train2017"):

@@ -21,6 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from atss_core.engine.defaults import run_tool  # noqa: E402
 from atss_core.config.paths_catalog import DatasetCatalog, DatasetNotFoundError  # noqa: E402
 from atss_core.engine.coco_eval import (  # noqa: E402
     EvaluationError,
@@ -87,15 +88,8 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """:func:`main` as a command: returns the exit status, 0, or 2 after one
-    ``compute_class_thresholds.py: error: ...`` line on stderr for an error of this framework
-    (:data:`TOOL_ERRORS`); any other exception propagates with its traceback."""
-    try:
-        main(argv)
-    except TOOL_ERRORS as e:
-        print(f"compute_class_thresholds.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """:func:`main` as a command (exit status 2 and one line for :data:`TOOL_ERRORS`)."""
+    return run_tool(main, "compute_class_thresholds.py", TOOL_ERRORS, argv)
 
 
 if __name__ == "__main__":

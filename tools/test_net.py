@@ -39,6 +39,7 @@ from atss_core.engine.defaults import (  # noqa: E402
     config_from_args,
     default_argument_parser,
     default_output_dir,
+    run_tool,
     start_run,
 )
 from atss_core.engine.inference import inference_on_datasets  # noqa: E402
@@ -151,15 +152,8 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """:func:`main` as a command: returns the exit status, 0, or 2 after one
-    ``test_net.py: error: ...`` line on stderr for an error of this framework
-    (:data:`TOOL_ERRORS`); any other exception propagates with its traceback."""
-    try:
-        main(argv)
-    except TOOL_ERRORS as e:
-        print(f"test_net.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """:func:`main` as a command (exit status 2 and one line for :data:`TOOL_ERRORS`)."""
+    return run_tool(main, "test_net.py", TOOL_ERRORS, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ their common arguments, the config they build from them, where they write and
 what they print when they start."""
 import argparse
 import os
+import sys
 
 from atss_core.config import ConfigError
 from atss_core.config import cfg as default_cfg
@@ -111,3 +112,16 @@ def start_run(cfg, args, device, logger, config_filename):
         atomic_write_text(cfg.dump(), path)
         logger.info("Output folder %s (full config in %s)", cfg.OUTPUT_DIR, config_filename)
 
+
+
+def run_tool(main, tool_name, errors, argv=None):
+    """``main(argv)`` as a command: returns the exit status, 0, or 2 after one
+    ``<tool_name>: error: ...`` line on stderr for an error of this framework
+    (``errors``, a tuple of exception types); any other exception propagates
+    with its traceback."""
+    try:
+        main(argv)
+    except errors as e:
+        print(f"{tool_name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
