@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from atss_core.config import cfg as default_cfg, validate_config  # noqa: E402
 from atss_core.data import make_data_loader  # noqa: E402
 from atss_core.engine.trainer import (  # noqa: E402
-    autocast_dtype,
     make_grad_scaler,
     peak_memory_mb,
     seed_all_rng,
@@ -43,6 +42,7 @@ from atss_core.engine.trainer import (  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from atss_core.utils.checkpoint import DetectronCheckpointer  # noqa: E402
+from atss_core.utils.amp import autocast_dtype  # noqa: E402
 from atss_core.utils.io import atomic_write_json  # noqa: E402
 
 

@@ -135,6 +135,8 @@ DIFFERENT_DEFAULTS = {
 ONLY_HERE = {
     "INPUT.HORIZONTAL_FLIP_PROB_TRAIN": 0.5,  # the reference always flips with p = 0.5
     "SOLVER.MIXED_PRECISION": "none",         # the reference trains in fp32
+    "TEST.MIXED_PRECISION": "none",           # ... and tests in fp32
+    "MODEL.CHANNELS_LAST": True,              # a memory layout: the same values up to rounding
     "SOLVER.LOG_PERIOD": 20,                  # the reference logs every 20 iterations
     "TEST.EVAL_PERIOD": 0,                    # the reference evaluates only at the end
 }

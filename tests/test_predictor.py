@@ -205,7 +205,10 @@ def test_batched_equals_one_by_one(predictor):
 @requires_coco128()
 def test_files_give_what_test_net_computes(predictor, tmp_path, monkeypatch):
     """The detections of files equal tools/test_net.py's predictions (its data
-    loader, compute_on_dataset, rescale_to_original) on the same images."""
+    loader, compute_on_dataset, rescale_to_original) on the same images: as
+    sets (the predictor batches images of one size, the loader here does not,
+    and a batch rounds the channels-last convolutions differently, which can
+    swap detections of nearly equal scores)."""
     with open(VAL_ANN) as f:
         ann = json.load(f)
     ann["images"] = ann["images"][:6]
@@ -225,7 +228,7 @@ def test_files_give_what_test_net_computes(predictor, tmp_path, monkeypatch):
     results = predictor.predict(paths)
     for i, det in enumerate(results):
         assert_same(det, predictions[i], min_fraction=1.0)
-        assert np.allclose(det.boxes, predictions[i].bbox.numpy(), atol=1e-3)
+        assert len(det.boxes) == len(predictions[i])
 
 
 @requires_coco128()

@@ -418,3 +418,76 @@ def test_random_images_at_full_size(seed):
     boxes, labels = random_boxes(60, (800, 1333), min_size=2, max_size=1200, seed=100 + seed, integer=seed % 2 == 1)
     for positive_type in POSITIVE_TYPES:
         assert_same(anchors, boxes, labels, positive_type=positive_type)
+
+
+# --------------------------------------------------------------------------- #
+# The grid path (grid_sizes given, as the loss does): the same results
+# --------------------------------------------------------------------------- #
+GRID = [(math.ceil(HW[0] / s), math.ceil(HW[1] / s)) for s in STRIDES]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grid_path_matches_loop_version(case):
+    gt_boxes, gt_labels = CASES[case]
+    out = select_samples(ANCHORS, gt_boxes, gt_labels, grid_sizes=GRID)
+    loop_labels, loop_boxes = loop_select(ANCHORS, gt_boxes, gt_labels)
+    assert torch.equal(out.labels, loop_labels) and torch.equal(out.matched_boxes, loop_boxes)
+    if len(gt_boxes):
+        dense = atss_candidates(ANCHORS, gt_boxes, topk=9, num_anchors_per_location=1)
+        grid = atss_candidates(ANCHORS, gt_boxes, topk=9, num_anchors_per_location=1, grid_sizes=GRID)
+        for a, b in zip(grid, dense):
+            assert torch.equal(a, b)
+
+
+def _tie_prone_boxes(n, hw, seed):
+    """Boxes whose centres sit on the anchor grid or halfway between anchors
+    (many equal distances at the k-th place), plus some at the borders."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    centre = (torch.rand(n, 2, generator=g) * torch.tensor([w, h]) / 4).round() * 4
+    centre[: n // 5, 0] = 0.0
+    centre[n // 5: 2 * n // 5, 1] = float(h)
+    size = 2 + (torch.rand(n, 2, generator=g) * 300).round()
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_search_equals_topk_over_the_level(seed):
+    """The windowed nearest-anchor search (CPU) against ``topk`` over whole
+    levels, on boxes made for ties and border cases and on random ones: some
+    rows must take the fallback, and every row must come out the same."""
+    from atss_core.modeling.rpn import sample_selection as ss
+
+    hw = (800, 1216)
+    anchors = make_anchors(hw)
+    grid = [(math.ceil(hw[0] / s), math.ceil(hw[1] / s)) for s in STRIDES]
+    boxes = torch.cat([_tie_prone_boxes(150, hw, seed), random_boxes(150, hw, min_size=2, max_size=900, seed=seed)[0]])
+    gt_cx, gt_cy = ss.anchor_centers(boxes)
+    grids = ss._level_grids(anchors, grid, 1)
+    fallbacks = 0
+    for level, (row_cx, col_cy) in enumerate(grids[:3]):
+        dense = ss._dense_grid_closest(row_cx, col_cy, gt_cx, gt_cy, 9, [(0, len(boxes))])
+        window, exact = ss._window_closest(row_cx[:, 0], col_cy[:, 0], gt_cx, gt_cy, 9)
+        assert torch.equal(window[exact], dense[exact]), level
+        fallbacks += int((~exact).sum())
+        assert exact[150:].float().mean() > 0.9  # the random boxes: mostly no tie
+        closest = ss._grid_closest(row_cx, col_cy, gt_cx, gt_cy, 9, 1, [(0, len(boxes))])
+        assert torch.equal(closest, dense), level
+    assert fallbacks > 0
+    labels = torch.randint(1, 81, (len(boxes),))
+    fast = select_samples(anchors, boxes, labels, grid_sizes=grid)
+    slow = select_samples(anchors, boxes, labels)
+    assert torch.equal(fast.labels, slow.labels) and torch.equal(fast.matched_boxes, slow.matched_boxes)
+
+
+def test_grid_path_with_several_anchors_per_location_and_bad_grids():
+    gt_boxes, gt_labels = CASES["integer_grid"]
+    fast = select_samples(ANCHORS_A9, gt_boxes, gt_labels, num_anchors_per_location=9, grid_sizes=GRID)
+    loop_labels, loop_boxes = loop_select(ANCHORS_A9, gt_boxes, gt_labels, num_anchors_per_location=9)
+    assert torch.equal(fast.labels, loop_labels) and torch.equal(fast.matched_boxes, loop_boxes)
+    dense = atss_candidates(ANCHORS_A9, gt_boxes, topk=9, num_anchors_per_location=9)
+    grid = atss_candidates(ANCHORS_A9, gt_boxes, topk=9, num_anchors_per_location=9, grid_sizes=GRID)
+    for a, b in zip(grid, dense):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="is not a"):
+        select_samples(ANCHORS, gt_boxes, gt_labels, grid_sizes=[(h, w + 1) for h, w in GRID])

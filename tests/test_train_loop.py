@@ -16,12 +16,12 @@ from atss_core.engine import trainer as trainer_module
 from atss_core.engine.trainer import (
     DivergenceError,
     NonFiniteLossError,
-    autocast_dtype,
     do_train,
     make_grad_scaler,
     validate_training_config,
 )
 from atss_core.solver import WarmupMultiStepLR
+from atss_core.utils.amp import autocast_dtype
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.checkpoint import DetectronCheckpointer

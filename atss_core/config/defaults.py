@@ -35,6 +35,9 @@ _C.MODEL.DEVICE = "cuda"
 # Path of a checkpoint, or a catalog:// name resolved to a local file (see
 # atss_core/config/paths_catalog.py). Nothing is downloaded at run time.
 _C.MODEL.WEIGHT = ""
+# Channels-last (NHWC) weights and feature maps: the faster layout for the
+# convolutions of oneDNN (CPU) and cuDNN; the same results (atss extension).
+_C.MODEL.CHANNELS_LAST = True
 
 # --------------------------------------------------------------------------- #
 # Input
@@ -191,6 +194,10 @@ _C.TEST.EXPECTED_RESULTS_SIGMA_TOL = 4
 # Total over all processes.
 _C.TEST.IMS_PER_BATCH = 8
 _C.TEST.DETECTIONS_PER_IMG = 100
+# Inference under autocast: "none" (fp32, the reference), "bf16" (CPU or GPU) or
+# "fp16" (GPU). The post-processing runs in fp32 either way. What bf16 costs in
+# AP is measured in docs/EVALUATION.md (atss extension).
+_C.TEST.MIXED_PRECISION = "none"
 # atss extension: evaluate on DATASETS.TEST every this many training iterations
 # (0 = only at the end of training).
 _C.TEST.EVAL_PERIOD = 0

@@ -9,6 +9,7 @@ _CHOICES = {
     "MODEL.ATSS.REGRESSION_TYPE": ("BOX", "POINT"),
     "SOLVER.WARMUP_METHOD": ("constant", "linear"),
     "SOLVER.MIXED_PRECISION": ("none", "fp16", "bf16"),
+    "TEST.MIXED_PRECISION": ("none", "fp16", "bf16"),
     "TEST.BBOX_AUG.MERGE_TYPE": ("vote", "soft-vote"),
 }
 

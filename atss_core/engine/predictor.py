@@ -26,9 +26,11 @@ images of the same padded input size (``to_image_list`` pads a batch to its
 largest image; the padding would change the features near the borders and,
 through the GroupNorm statistics, everywhere). So an image's
 detections do not depend on the other images: batched results equal the
-one-by-one results (tests/test_predictor.py). ``tools/test_net.py`` batches
-consecutive images whatever their sizes, as the reference does; with
-``TEST.IMS_PER_BATCH 1`` it computes what the Predictor does.
+one-by-one results up to float rounding (the convolutions of a batch round
+differently; same detections within the parity tolerance,
+tests/test_predictor.py). ``tools/test_net.py`` batches consecutive images
+whatever their sizes, as the reference does; with ``TEST.IMS_PER_BATCH 1``
+it computes what the Predictor does.
 """
 import json
 import math

@@ -55,13 +55,11 @@ import torch
 from tqdm import tqdm
 
 from atss_core.config import ConfigError
+from atss_core.utils.amp import autocast_dtype
 from atss_core.utils.comm import all_reduce_sum, get_world_size, is_main_process
 from atss_core.utils.metric_logger import MetricLogger
 
 logger = logging.getLogger(__name__)
-
-MIXED_PRECISION_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged: a loss term or a parameter became NaN or infinite."""
@@ -98,29 +96,6 @@ def validate_training_config(cfg):
     if cfg.TEST.EVAL_PERIOD < 0:
         raise ConfigError(f"TEST.EVAL_PERIOD must be >= 0 (0: only at the end), got {cfg.TEST.EVAL_PERIOD}")
     autocast_dtype(solver.MIXED_PRECISION, torch.device(cfg.MODEL.DEVICE))
-
-
-def autocast_dtype(mixed_precision, device):
-    """The autocast dtype for ``SOLVER.MIXED_PRECISION`` on ``device`` (None for
-    "none"); raises :class:`ConfigError` for a combination that cannot run."""
-    if mixed_precision not in MIXED_PRECISION_DTYPES:
-        raise ConfigError(
-            f"SOLVER.MIXED_PRECISION must be one of {', '.join(MIXED_PRECISION_DTYPES)}, "
-            f"got {mixed_precision!r}"
-        )
-    dtype = MIXED_PRECISION_DTYPES[mixed_precision]
-    if dtype is None:
-        return None
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError(
-            "SOLVER.MIXED_PRECISION fp16 needs MODEL.DEVICE cuda; on the CPU use bf16 or none"
-        )
-    if (device.type == "cuda" and dtype == torch.bfloat16 and torch.cuda.is_available()
-            and not torch.cuda.is_bf16_supported()):
-        raise ConfigError(
-            "SOLVER.MIXED_PRECISION bf16 is not supported by this GPU; use fp16 or none"
-        )
-    return dtype
 
 
 def make_grad_scaler(mixed_precision, device):

@@ -3,7 +3,7 @@
 Ops with compiled kernels (``nms``, ``ml_nms``, sigmoid focal loss, deformable
 convolution) use ``atss_core._C`` when it is built and a pure-PyTorch
 implementation of the same function otherwise."""
-from .batch_norm import FrozenBatchNorm2d
+from .batch_norm import FrozenBatchNorm2d, conv_norm
 from .deform_conv import DeformConv, DFConv2d, ModulatedDeformConv, modulated_deform_conv
 from .nms import ml_nms, nms
 from .scale import Scale
@@ -16,6 +16,7 @@ __all__ = [
     "ModulatedDeformConv",
     "Scale",
     "SigmoidFocalLoss",
+    "conv_norm",
     "ml_nms",
     "modulated_deform_conv",
     "nms",

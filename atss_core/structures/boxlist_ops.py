@@ -5,19 +5,24 @@ from .bounding_box import BoxList
 
 
 def box_area(boxes):
-    """Areas [N] of xyxy ``boxes`` [N, 4] with the +1 convention."""
-    return (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    """Areas [...] of xyxy ``boxes`` [..., 4] with the +1 convention."""
+    return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
+
+
+def paired_box_iou(boxes1, boxes2):
+    """IoU of xyxy boxes [..., 4] with the boxes [..., 4] they broadcast
+    against (+1 convention): ``paired_box_iou(a[:, None], b[None])`` is
+    :func:`box_iou`, ``paired_box_iou(a, b)`` the IoU of ``a[i]`` with ``b[i]``."""
+    lt = torch.max(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.min(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt + 1).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (box_area(boxes1) + box_area(boxes2) - inter)
 
 
 def box_iou(boxes1, boxes2):
     """Pairwise IoU [N, M] of xyxy boxes [N, 4] and [M, 4] (+1 convention)."""
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt + 1).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2[None, :] - inter)
+    return paired_box_iou(boxes1[:, None, :], boxes2[None, :, :])
 
 
 def boxlist_iou(boxlist1, boxlist2):

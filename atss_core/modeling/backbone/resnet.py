@@ -15,7 +15,7 @@ from collections import namedtuple
 import torch.nn.functional as F
 from torch import nn
 
-from atss_core.layers import DFConv2d, FrozenBatchNorm2d
+from atss_core.layers import DFConv2d, FrozenBatchNorm2d, conv_norm
 
 # Blocks per stage res2..res5 and the kind of block.
 StageSpec = namedtuple("StageSpec", ["block_counts", "block"])
@@ -76,8 +76,14 @@ def _conv1x1(in_channels, out_channels, stride=1):
     return conv
 
 
+def _shortcut(downsample, x):
+    """The identity, or ``downsample`` = Sequential(1x1 conv, norm) applied to ``x``."""
+    return x if downsample is None else conv_norm(downsample[0], downsample[1], x)
+
+
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (grouped, optionally deformable) -> 1x1, plus the shortcut."""
+    """1x1 -> 3x3 (grouped, optionally deformable) -> 1x1, plus the shortcut.
+    Each conv's frozen batch norm is folded into it (:func:`conv_norm`)."""
 
     def __init__(self, in_channels, bottleneck_channels, out_channels, num_groups, stride_in_1x1,
                  stride, norm, dcn=None):
@@ -94,11 +100,11 @@ class Bottleneck(nn.Module):
         self.bn3 = norm(out_channels)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu_(out + identity)
+        identity = _shortcut(self.downsample, x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = F.relu_(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
+        return F.relu_(out.add_(identity))
 
 
 class BasicBlock(nn.Module):
@@ -119,10 +125,10 @@ class BasicBlock(nn.Module):
         self.bn2 = norm(out_channels)
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu_(out + identity)
+        identity = _shortcut(self.downsample, x)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
+        return F.relu_(out.add_(identity))
 
 
 class Stem(nn.Module):
@@ -135,7 +141,7 @@ class Stem(nn.Module):
         self.bn1 = norm(out_channels)
 
     def forward(self, x):
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 

@@ -30,4 +30,9 @@ class ATSSModule(nn.Module):
                 box_cls, box_regression, centerness, targets, anchors
             )
             return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_centerness}
-        return self.box_selector_test(box_cls, box_regression, centerness, anchors, images.image_sizes)
+        # In fp32 whatever the head's dtype (TEST.MIXED_PRECISION): scores are
+        # compared with thresholds and boxes decoded at up to ~1000 px.
+        return self.box_selector_test(
+            [c.float() for c in box_cls], [r.float() for r in box_regression], [c.float() for c in centerness],
+            anchors, images.image_sizes,
+        )

@@ -131,15 +131,18 @@ class ATSSLossComputation:
         self.cls_loss_func = SigmoidFocalLoss(gamma, alpha)
         self.reg_loss_weight = float(reg_loss_weight)
 
-    def prepare_targets(self, targets, anchors):
-        """Labels [N, R] (int64; 0, -1 or 1..C) and regression targets [N, R, 4]."""
-        labels, matched_boxes = self.sample_selector(anchors, targets)
+    def prepare_targets(self, targets, anchors, grid_sizes=None):
+        """Labels [N, R] (int64; 0, -1 or 1..C) and regression targets [N, R, 4].
+        ``grid_sizes``: the (H_l, W_l) of each level's feature map (see
+        :class:`SampleSelector`)."""
+        labels, matched_boxes = self.sample_selector(anchors, targets, grid_sizes)
         flat_anchors = torch.cat(anchors, dim=0)
         reg_targets = torch.stack([self.box_coder.encode(m, flat_anchors) for m in matched_boxes])
         return labels, reg_targets
 
     def __call__(self, box_cls, box_regression, centerness, targets, anchors):
-        labels, reg_targets = self.prepare_targets(targets, anchors)
+        grid_sizes = [tuple(level.shape[-2:]) for level in box_cls]
+        labels, reg_targets = self.prepare_targets(targets, anchors, grid_sizes)
         cls_flat, reg_flat, ctr_flat = flatten_head_outputs(box_cls, box_regression, centerness)
         num_classes = cls_flat.shape[-1]
         num_images = labels.shape[0]
