@@ -19,15 +19,16 @@ default 0.05, so the post-processing has almost nothing to do; ``--score-th 0``
 instead makes every location a candidate (``PRE_NMS_TOP_N`` per level, then
 NMS), an upper bound of its cost.
 
-Modes (``--modes``; default: all those the device supports):
-``fp32``; ``channels_last`` (fp32, model and input in channels-last memory
-format); on CUDA also ``fp16`` and ``bf16`` (``torch.autocast``). Peak memory is
-``torch.cuda.max_memory_allocated`` per mode on CUDA, and the process's peak
-resident set size (which only grows, so it is the maximum over the modes run
-so far) on the CPU.
+Modes (``--modes``; default: all those the device supports), each a model
+built from the config with (the same seed, so the same weights):
+``fp32`` (the config as it is: channels-last feature maps by default),
+``contiguous`` (``MODEL.CHANNELS_LAST False``: the reference's layout),
+``bf16`` and, on CUDA, ``fp16`` (``TEST.MIXED_PRECISION``: autocast, the
+post-processing in fp32). Peak memory is ``torch.cuda.max_memory_allocated``
+per mode on CUDA, and the process's peak resident set size (which only grows,
+so it is the maximum over the modes run so far) on the CPU.
 """
 import argparse
-import contextlib
 import os
 import platform
 import resource
@@ -43,8 +44,15 @@ from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.structures.image_list import to_image_list  # noqa: E402
 from atss_core.utils.io import atomic_write_json  # noqa: E402
 
-CUDA_MODES = ("fp32", "channels_last", "fp16", "bf16")
-CPU_MODES = ("fp32", "channels_last")
+# Config options of each mode.
+MODES = {
+    "fp32": [],
+    "contiguous": ["MODEL.CHANNELS_LAST", False],
+    "bf16": ["TEST.MIXED_PRECISION", "bf16"],
+    "fp16": ["TEST.MIXED_PRECISION", "fp16"],
+}
+CUDA_MODES = ("fp32", "contiguous", "fp16", "bf16")
+CPU_MODES = ("fp32", "contiguous", "bf16")
 
 
 def parse_args(argv=None):
@@ -56,8 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--iters", type=int, default=20, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
-    parser.add_argument("--modes", nargs="+", choices=CUDA_MODES,
-                        help="default: fp32 channels_last, plus fp16 bf16 on CUDA")
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES),
+                        help="default: fp32 contiguous bf16, plus fp16 on CUDA")
     parser.add_argument("--score-th", type=float, default=None,
                         help="override MODEL.ATSS.INFERENCE_TH (0: every location a candidate)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as json")
@@ -97,29 +105,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def benchmark(model, images, device, mode, iters, warmup):
-    """Seconds per iteration of ``model(images)`` in ``mode``, and peak memory."""
-    tensors = images.tensors
-    if mode == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
-        tensors = tensors.contiguous(memory_format=torch.channels_last)
-    else:
-        model = model.to(memory_format=torch.contiguous_format)
-    batch = type(images)(tensors, images.image_sizes)
-    if mode in ("fp16", "bf16"):
-        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
-        autocast = torch.autocast(device.type, dtype=dtype)
-    else:
-        autocast = contextlib.nullcontext()
+def build_model(cfg, mode, device):
+    """The model of ``mode`` (see :data:`MODES`), weights from ``torch.manual_seed(0)``."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(MODES[mode])
+    cfg.freeze()
+    torch.manual_seed(0)
+    return build_detection_model(cfg).to(device).eval()
+
+
+def benchmark(model, images, device, iters, warmup):
+    """Seconds per iteration of ``model(images)``, peak memory, detections per image."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         for i in range(warmup + iters):
             _sync(device)
             start = time.perf_counter()
-            detections = model(batch)
+            detections = model(images)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
@@ -134,13 +140,10 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("MODEL.DEVICE is cuda but torch sees no GPU; pass MODEL.DEVICE cpu")
     modes = args.modes or (CUDA_MODES if device.type == "cuda" else CPU_MODES)
-    unsupported = [m for m in modes if m in ("fp16", "bf16") and device.type != "cuda"]
-    if unsupported:
-        raise ConfigError(f"modes {unsupported} need MODEL.DEVICE cuda")
+    if "fp16" in modes and device.type != "cuda":
+        raise ConfigError("mode fp16 needs MODEL.DEVICE cuda")
     height, width = args.size or default_size(cfg)
 
-    torch.manual_seed(0)
-    model = build_detection_model(cfg).to(device).eval()
     images = to_image_list(
         [torch.randn(3, height, width) for _ in range(args.batch_size)],
         cfg.DATALOADER.SIZE_DIVISIBILITY,
@@ -163,7 +166,9 @@ def main(argv=None):
     print(f"{'mode':<14} {'ms/iter':>9} {'ms/img':>8} {'img/s':>8} {'peak MB':>9} {'dets/img':>9}")
     rows = []
     for mode in modes:
-        times, peak, dets = benchmark(model, images, device, mode, args.iters, args.warmup)
+        model = build_model(cfg, mode, device)
+        times, peak, dets = benchmark(model, images, device, args.iters, args.warmup)
+        del model
         times = torch.tensor(times)
         per_iter = float(times.median())
         row = {

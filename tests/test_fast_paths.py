@@ -200,4 +200,5 @@ def test_training_step_fast_paths_equal_plain(weights):
             assert abs(value - plain_losses[key]) <= 1e-5 * abs(plain_losses[key]), (name, key)
         assert list(grads) == list(plain_grads)
         for key, grad in grads.items():
-            assert relative_error(grad, plain_grads[key]) < 5e-3, (name, key)
+            # (a zero gradient, e.g. the Scale of a level without positives, stays zero)
+            assert torch.equal(grad, plain_grads[key]) or relative_error(grad, plain_grads[key]) < 5e-3, (name, key)
