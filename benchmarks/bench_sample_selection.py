@@ -8,7 +8,8 @@ median time of several runs is printed for every POSITIVE_TYPE.
     /work/venv/bin/python benchmarks/bench_sample_selection.py [--images 16] [--boxes 50] [--repeats 5]
 
 The loop version is ``loop_select`` of tests/test_sample_selection.py (one
-image and one box at a time, the reference implementation's data flow).
+image and one box at a time, the reference implementation's data flow). The
+vectorised selector gets the levels' grid sizes, as the loss gives them.
 
 OpenMP threads sleep instead of spinning while they wait
 (``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise): on a machine shared with
@@ -16,6 +17,7 @@ other jobs, spinning threads that get descheduled make multi-threaded timings
 meaningless (10-20x slower, for both versions, from run to run).
 """
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -54,7 +56,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    anchors = make_anchors((800, 1344))
+    padded = (800, 1344)
+    anchors = make_anchors(padded)
+    # The levels' feature map sizes, as the loss passes them (the grid path).
+    grid_sizes = [(math.ceil(padded[0] / s), math.ceil(padded[1] / s)) for s in (8, 16, 32, 64, 128)]
     images = [random_boxes(args.boxes, (800, 1333), min_size=8, max_size=800, seed=i) for i in range(args.images)]
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
@@ -66,7 +71,7 @@ def main():
         selector = SampleSelector(positive_type)
 
         def vectorised():
-            return selector(anchors, images)
+            return selector(anchors, images, grid_sizes)
 
         def loop():
             outs = [loop_select(anchors, boxes, labels, positive_type) for boxes, labels in images]

@@ -223,9 +223,22 @@ ANCHORS = make_anchors(HW)
 ANCHORS_A9 = make_anchors(HW, aspect_ratios=(0.5, 1.0, 2.0), scales_per_octave=3)
 
 
-def assert_same(anchors_per_level, gt_boxes, gt_labels, **options):
+def grid_of(padded_hw):
+    """The feature map sizes of the levels of a padded input (the loss's ``grid_sizes``)."""
+    return [(math.ceil(padded_hw[0] / s), math.ceil(padded_hw[1] / s)) for s in STRIDES]
+
+
+GRID = grid_of(HW)
+
+
+def assert_same(anchors_per_level, gt_boxes, gt_labels, grid_sizes=None, **options):
+    """The vectorised selection equals the loop version (and so does the grid
+    path, when ``grid_sizes`` is given)."""
     vec = select_samples(anchors_per_level, gt_boxes, gt_labels, **options)
     loop_labels, loop_boxes = loop_select(anchors_per_level, gt_boxes, gt_labels, **options)
+    if grid_sizes is not None:
+        grid = select_samples(anchors_per_level, gt_boxes, gt_labels, grid_sizes=grid_sizes, **options)
+        assert torch.equal(grid.labels, loop_labels) and torch.equal(grid.matched_boxes, loop_boxes)
     assert vec.labels.dtype == torch.int64
     assert torch.equal(vec.labels, loop_labels), f"labels differ at {torch.nonzero(vec.labels != loop_labels)[:10]}"
     assert torch.equal(vec.matched_boxes, loop_boxes)
@@ -243,7 +256,7 @@ def assert_same(anchors_per_level, gt_boxes, gt_labels, **options):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_loop_version(positive_type, case):
     gt_boxes, gt_labels = CASES[case]
-    out = assert_same(ANCHORS, gt_boxes, gt_labels, positive_type=positive_type)
+    out = assert_same(ANCHORS, gt_boxes, gt_labels, GRID, positive_type=positive_type)
     if case == "no_boxes":
         assert not out.labels.any()
     if case in ("one_box", "random", "hundreds"):
@@ -361,7 +374,7 @@ def test_reference_assignment_of_fixture_image():
 
     # The loop version agrees too, for every rule and both regression types.
     for positive_type in POSITIVE_TYPES:
-        assert_same(anchors, gt_boxes, gt_labels, positive_type=positive_type)
+        assert_same(anchors, gt_boxes, gt_labels, grid_of(fixture["padded_hw"]), positive_type=positive_type)
 
 
 # --------------------------------------------------------------------------- #
@@ -397,7 +410,7 @@ def _check_coco(images):
         if padded not in anchors_by_shape:
             anchors_by_shape[padded] = make_anchors(padded)
         for positive_type in POSITIVE_TYPES:
-            assert_same(anchors_by_shape[padded], gt_boxes, gt_labels, positive_type=positive_type)
+            assert_same(anchors_by_shape[padded], gt_boxes, gt_labels, grid_of(padded), positive_type=positive_type)
 
 
 def test_coco128_boxes_few_images():
@@ -417,15 +430,12 @@ def test_random_images_at_full_size(seed):
     anchors = make_anchors((800, 1344))
     boxes, labels = random_boxes(60, (800, 1333), min_size=2, max_size=1200, seed=100 + seed, integer=seed % 2 == 1)
     for positive_type in POSITIVE_TYPES:
-        assert_same(anchors, boxes, labels, positive_type=positive_type)
+        assert_same(anchors, boxes, labels, grid_of((800, 1344)), positive_type=positive_type)
 
 
 # --------------------------------------------------------------------------- #
 # The grid path (grid_sizes given, as the loss does): the same results
 # --------------------------------------------------------------------------- #
-GRID = [(math.ceil(HW[0] / s), math.ceil(HW[1] / s)) for s in STRIDES]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_grid_path_matches_loop_version(case):
     gt_boxes, gt_labels = CASES[case]

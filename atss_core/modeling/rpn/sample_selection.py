@@ -55,11 +55,19 @@ anchors in anchor order, the threshold is reduced from a [K, G] tensor as in
 the reference, ties go to the lowest object index.
 
 Cost: no Python loop over objects (only over levels and over chunks of
-objects), no host synchronisation (every size is a tensor shape); the
-[G, A_total] matrices are built for chunks of objects of at most
-``max_pairs`` anchor-object pairs, so memory stays bounded with hundreds of
-objects, and on CPU the chunks stay in cache. ATSS computes IoUs only for
-its ``TOPK * A`` candidates per level and object.
+objects); the [G, A_total] matrices are built for chunks of objects of at
+most ``max_pairs`` anchor-object pairs, so memory stays bounded with
+hundreds of objects, and on CPU the chunks stay in cache. ATSS computes IoUs
+only for its ``TOPK * A`` candidates per level and object. Given the
+levels' grid sizes (``grid_sizes``, as the loss passes them), ATSS computes
+centre offsets per anchor row and column instead of per anchor, and on the
+CPU it looks for each object's nearest anchors in a 7 x 7 window of
+locations around its centre, falling back to the whole level for the
+objects where that window is not provably what ``topk`` over the level
+returns (a tie at the k-th distance, or a nearer anchor possibly outside);
+the fallback selects objects by value, a host synchronisation, so it is
+CPU-only and GPUs run the whole-level search. The other rules have no host
+synchronisation either (every size is a tensor shape).
 """
 from typing import NamedTuple
 
