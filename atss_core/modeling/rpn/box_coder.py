@@ -10,7 +10,9 @@ POINT
     the anchor width (height) divided by ``ANCHOR_SIZES[0] / ANCHOR_STRIDES[0]``
     (8 in the paper's configs), i.e. in units of the level's stride.
 
-All boxes are xyxy in input-image pixels; ``anchors`` and boxes are [N, 4].
+All boxes are xyxy in input-image pixels: ``[..., 4]`` tensors, boxes and
+anchors broadcast against each other (e.g. [N, R, 4] boxes of N images
+with their [R, 4] anchors).
 """
 import math
 
@@ -31,10 +33,10 @@ def _log(x):
 
 
 def _centre_size(boxes):
-    widths = boxes[:, 2] - boxes[:, 0] + 1
-    heights = boxes[:, 3] - boxes[:, 1] + 1
-    ctr_x = (boxes[:, 2] + boxes[:, 0]) / 2
-    ctr_y = (boxes[:, 3] + boxes[:, 1]) / 2
+    widths = boxes[..., 2] - boxes[..., 0] + 1
+    heights = boxes[..., 3] - boxes[..., 1] + 1
+    ctr_x = (boxes[..., 2] + boxes[..., 0]) / 2
+    ctr_y = (boxes[..., 3] + boxes[..., 1]) / 2
     return widths, heights, ctr_x, ctr_y
 
 
@@ -58,18 +60,18 @@ class BoxCoder:
         self.point_norm = float(anchor_size) / float(anchor_stride)
 
     def encode(self, gt_boxes, anchors):
-        """Targets [N, 4] that turn ``anchors`` [N, 4] into ``gt_boxes`` [N, 4]."""
+        """Targets [..., 4] that turn ``anchors`` [..., 4] into ``gt_boxes`` [..., 4]."""
         aw, ah, ax, ay = _centre_size(anchors)
         if self.regression_type == "POINT":
             n = self.point_norm
             return torch.stack(
                 (
-                    n * (ax - gt_boxes[:, 0]) / aw,
-                    n * (ay - gt_boxes[:, 1]) / ah,
-                    n * (gt_boxes[:, 2] - ax) / aw,
-                    n * (gt_boxes[:, 3] - ay) / ah,
+                    n * (ax - gt_boxes[..., 0]) / aw,
+                    n * (ay - gt_boxes[..., 1]) / ah,
+                    n * (gt_boxes[..., 2] - ax) / aw,
+                    n * (gt_boxes[..., 3] - ay) / ah,
                 ),
-                dim=1,
+                dim=-1,
             )
         gw, gh, gx, gy = _centre_size(gt_boxes)
         wx, wy, ww, wh = self.weights
@@ -80,34 +82,34 @@ class BoxCoder:
                 ww * _log(gw / aw),
                 wh * _log(gh / ah),
             ),
-            dim=1,
+            dim=-1,
         )
 
     def decode(self, preds, anchors):
-        """xyxy boxes [N, 4] from regression outputs ``preds`` [N, 4] at ``anchors``."""
+        """xyxy boxes [..., 4] from regression outputs ``preds`` [..., 4] at ``anchors`` [..., 4]."""
         anchors = anchors.to(preds.dtype)
         aw, ah, ax, ay = _centre_size(anchors)
         if self.regression_type == "POINT":
             n = self.point_norm
             return torch.stack(
                 (
-                    ax - preds[:, 0] / n * aw,
-                    ay - preds[:, 1] / n * ah,
-                    ax + preds[:, 2] / n * aw,
-                    ay + preds[:, 3] / n * ah,
+                    ax - preds[..., 0] / n * aw,
+                    ay - preds[..., 1] / n * ah,
+                    ax + preds[..., 2] / n * aw,
+                    ay + preds[..., 3] / n * ah,
                 ),
-                dim=1,
+                dim=-1,
             )
         wx, wy, ww, wh = self.weights
-        dx = preds[:, 0] / wx
-        dy = preds[:, 1] / wy
-        dw = (preds[:, 2] / ww).clamp(max=self.bbox_xform_clip)
-        dh = (preds[:, 3] / wh).clamp(max=self.bbox_xform_clip)
+        dx = preds[..., 0] / wx
+        dy = preds[..., 1] / wy
+        dw = (preds[..., 2] / ww).clamp(max=self.bbox_xform_clip)
+        dh = (preds[..., 3] / wh).clamp(max=self.bbox_xform_clip)
         ctr_x = dx * aw + ax
         ctr_y = dy * ah + ay
         half_w = 0.5 * (torch.exp(dw) * aw - 1)
         half_h = 0.5 * (torch.exp(dh) * ah - 1)
-        return torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), dim=1)
+        return torch.stack((ctr_x - half_w, ctr_y - half_h, ctr_x + half_w, ctr_y + half_h), dim=-1)
 
 
 def make_box_coder(cfg):

@@ -136,9 +136,7 @@ class ATSSLossComputation:
         ``grid_sizes``: the (H_l, W_l) of each level's feature map (see
         :class:`SampleSelector`)."""
         labels, matched_boxes = self.sample_selector(anchors, targets, grid_sizes)
-        flat_anchors = torch.cat(anchors, dim=0)
-        reg_targets = torch.stack([self.box_coder.encode(m, flat_anchors) for m in matched_boxes])
-        return labels, reg_targets
+        return labels, self.box_coder.encode(matched_boxes, torch.cat(anchors, dim=0))
 
     def __call__(self, box_cls, box_regression, centerness, targets, anchors):
         grid_sizes = [tuple(level.shape[-2:]) for level in box_cls]

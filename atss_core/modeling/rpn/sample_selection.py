@@ -27,7 +27,8 @@ rules are the paper's points of comparison, ``MODEL.ATSS.POSITIVE_TYPE``:
 
 Conventions
 -----------
-* One image at a time. ``anchors_per_level`` is the list over FPN levels of
+* One image at a time (ATSS also a batch of images with the same anchors:
+  :func:`atss_select_batch`, what :class:`SampleSelector` runs). ``anchors_per_level`` is the list over FPN levels of
   xyxy anchors ``[A_l, 4]`` as :class:`AnchorGenerator` makes them (level by
   level, then location, then cell anchor); ``A_total = sum(A_l)``.
   ``gt_boxes`` is ``[G, 4]`` xyxy in the same pixels, ``gt_labels`` ``[G]``
@@ -84,6 +85,7 @@ __all__ = [
     "anchor_centers",
     "atss_candidates",
     "atss_select",
+    "atss_select_batch",
     "iou_select",
     "make_sample_selector",
     "select_samples",
@@ -304,30 +306,50 @@ def _no_objects(anchors):
     return SampleSelection(labels, anchors.new_zeros(anchors.shape))
 
 
-def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels):
+def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels,
+                        first_objects=None):
     """Resolve anchors claimed by several objects: the object of highest IoU,
     the lowest object index among equal IoUs (what ``torch.max`` returns).
 
     candidate_idxs, candidate_ious, is_pos: [G, K] (anchor index, IoU, and
     whether it is a positive of object g). Anchors that no object claims are
-    negatives matched to object 0 (the reference's argmax over all -INF).
+    negatives matched to their image's first object (the reference's argmax
+    over all -INF).
+
+    One image: ``candidate_idxs`` index its ``num_anchors`` anchors; returns
+    labels [num_anchors], matched_boxes [num_anchors, 4]. A batch of N images
+    (``first_objects`` [N], the index of each image's first object, -1 for an
+    image without objects): objects are concatenated image by image and
+    ``candidate_idxs`` index the batch's N * num_anchors anchors, image-major;
+    returns labels [N, num_anchors], matched_boxes [N, num_anchors, 4] (zeros
+    for an image without objects).
     """
     num_gt = gt_boxes.shape[0]
+    num_images = 1 if first_objects is None else first_objects.shape[0]
+    total = num_images * num_anchors
     idx = candidate_idxs.reshape(-1)
     pos_ious = torch.where(is_pos, candidate_ious, candidate_ious.new_full((), -INF))
-    best_iou = candidate_ious.new_full((num_anchors,), -INF).scatter_reduce(
+    best_iou = candidate_ious.new_full((total,), -INF).scatter_reduce(
         0, idx, pos_ious.reshape(-1), reduce="amax"
     )
     gt_index = torch.arange(num_gt, device=idx.device)[:, None].expand_as(candidate_idxs)
     is_best = is_pos & (candidate_ious == best_iou[candidate_idxs])
     no_gt = torch.full((), num_gt, dtype=torch.int64, device=idx.device)
-    winner = torch.full((num_anchors,), num_gt, dtype=torch.int64, device=idx.device).scatter_reduce(
+    winner = torch.full((total,), num_gt, dtype=torch.int64, device=idx.device).scatter_reduce(
         0, idx, torch.where(is_best, gt_index, no_gt).reshape(-1), reduce="amin"
     )
+    if first_objects is None:
+        is_fg = winner < num_gt
+        matched_gt = torch.where(is_fg, winner, torch.zeros_like(winner))
+        labels = torch.where(is_fg, gt_labels.to(torch.int64)[matched_gt], torch.zeros_like(winner))
+        return SampleSelection(labels, gt_boxes.index_select(0, matched_gt))
+    winner = winner.view(num_images, num_anchors)
     is_fg = winner < num_gt
-    matched_gt = torch.where(is_fg, winner, torch.zeros_like(winner))
+    matched_gt = torch.where(is_fg, winner, first_objects.clamp(min=0)[:, None])
     labels = torch.where(is_fg, gt_labels.to(torch.int64)[matched_gt], torch.zeros_like(winner))
-    return SampleSelection(labels, gt_boxes.index_select(0, matched_gt))
+    matched_boxes = gt_boxes.index_select(0, matched_gt.reshape(-1)).view(num_images, num_anchors, 4)
+    has_objects = (first_objects >= 0)[:, None, None]
+    return SampleSelection(labels, torch.where(has_objects, matched_boxes, matched_boxes.new_zeros(())))
 
 
 # --------------------------------------------------------------------------- #
@@ -335,7 +357,8 @@ def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_
 # --------------------------------------------------------------------------- #
 def atss_candidates(anchors_per_level, gt_boxes, topk=9, num_anchors_per_location=1, max_pairs=None,
                     grid_sizes=None):
-    """Lines 1-10 of Algorithm 1: each object's candidates and IoU threshold.
+    """Lines 1-10 of Algorithm 1: each object's candidates and IoU threshold,
+    for the objects of one image.
 
     Args:
         anchors_per_level (list[Tensor[A_l, 4]]): xyxy anchors of each level.
@@ -356,6 +379,16 @@ def atss_candidates(anchors_per_level, gt_boxes, topk=9, num_anchors_per_locatio
         candidate_ious (Tensor[G, K]): IoU of each candidate with its object.
         iou_threshold (Tensor[G]): t_g, mean + unbiased std of candidate_ious[g].
     """
+    candidate_idxs, candidate_ious = _candidates(
+        anchors_per_level, gt_boxes, topk, num_anchors_per_location, max_pairs, grid_sizes
+    )
+    return candidate_idxs, candidate_ious, _iou_threshold(candidate_ious)
+
+
+def _candidates(anchors_per_level, gt_boxes, topk, num_anchors_per_location, max_pairs, grid_sizes):
+    """Lines 3-7 (see :func:`atss_candidates`) for any objects, of one image or
+    of several: each object's search is its own. Returns candidate_idxs and
+    candidate_ious, [G, K] each."""
     anchors = torch.cat(anchors_per_level, dim=0)
     gt_cx, gt_cy = anchor_centers(gt_boxes)  # [G] each
     if grid_sizes is not None:
@@ -366,10 +399,10 @@ def atss_candidates(anchors_per_level, gt_boxes, topk=9, num_anchors_per_locatio
     # Lines 3-6: per level, the k anchors whose centres are closest (L2) to
     # the object's centre are its candidates C_g; k = min(topk * A, A_l).
     num_gt = gt_boxes.shape[0]
-    chunks = _gt_chunks(num_gt, anchors, max_pairs)
     candidate_idxs, start = [], 0
     for level, level_anchors in enumerate(anchors_per_level):
         k = min(topk * num_anchors_per_location, level_anchors.shape[0])
+        chunks = _gt_chunks(num_gt, level_anchors, max_pairs)  # [G_chunk, A_l] distances at a time
         if grid_sizes is not None:
             closest = _grid_closest(*grids[level], gt_cx, gt_cy, k, num_anchors_per_location, chunks)
         else:
@@ -383,18 +416,23 @@ def atss_candidates(anchors_per_level, gt_boxes, topk=9, num_anchors_per_locatio
 
     # Line 7: D_g, the IoUs between the candidates and the object.
     candidate_ious = paired_box_iou(anchors[candidate_idxs], gt_boxes[:, None, :])  # [G, K]
+    return candidate_idxs, candidate_ious
 
-    # Lines 8-10: t_g = m_g + v_g, mean plus unbiased standard deviation of D_g.
-    # Reduced from a [K, G] tensor as the reference does: float32 mean/std
-    # round differently for other shapes, and t_g is compared with IoUs.
+
+def _iou_threshold(candidate_ious):
+    """Lines 8-10: t_g = m_g + v_g, the mean plus the unbiased standard
+    deviation of each object's candidate IoUs, [G] from [G, K], the objects of
+    ONE image. Reduced from a [K, G] tensor as the reference does: float32
+    mean/std round differently for other shapes (another G included), and
+    t_g is compared with IoUs."""
     ious_kg = candidate_ious.t().contiguous()
-    iou_threshold = ious_kg.mean(dim=0) + ious_kg.std(dim=0)
-    return candidate_idxs, candidate_ious, iou_threshold
+    return ious_kg.mean(dim=0) + ious_kg.std(dim=0)
 
 
 def atss_select(anchors_per_level, gt_boxes, gt_labels, topk=9, num_anchors_per_location=1, max_pairs=None,
                 grid_sizes=None):
-    """Adaptive Training Sample Selection (Algorithm 1), vectorised over objects.
+    """Adaptive Training Sample Selection (Algorithm 1) of one image,
+    vectorised over objects (:func:`atss_select_batch` of one image).
 
     Args:
         anchors_per_level (list[Tensor[A_l, 4]]): xyxy anchors of each level.
@@ -405,20 +443,60 @@ def atss_select(anchors_per_level, gt_boxes, gt_labels, topk=9, num_anchors_per_
     Returns:
         SampleSelection: labels [A_total] (0 or 1..C), matched_boxes [A_total, 4].
     """
+    labels, matched_boxes = atss_select_batch(
+        anchors_per_level, [gt_boxes], [gt_labels], topk, num_anchors_per_location, max_pairs, grid_sizes
+    )
+    return SampleSelection(labels[0], matched_boxes[0])
+
+
+def atss_select_batch(anchors_per_level, gt_boxes_per_image, gt_labels_per_image, topk=9,
+                      num_anchors_per_location=1, max_pairs=None, grid_sizes=None):
+    """Algorithm 1 for a batch of images with the same anchors, vectorised
+    over objects and images: every object of the batch looks for its
+    candidates at once (each object's search is its own), the thresholds are
+    reduced per image (as the reference rounds them), and the anchors claimed
+    by several objects are resolved for all images at once.
+
+    Args:
+        anchors_per_level (list[Tensor[A_l, 4]]): xyxy anchors of each level.
+        gt_boxes_per_image (list[Tensor[G_i, 4]]), gt_labels_per_image
+            (list[Tensor[G_i]]): each image's objects, xyxy, labels 1..C.
+        topk, num_anchors_per_location, max_pairs, grid_sizes: see
+            :func:`atss_candidates`.
+
+    Returns:
+        SampleSelection: labels [N, A_total] (0 or 1..C), matched_boxes
+        [N, A_total, 4] (zeros for an image without objects).
+    """
     anchors = torch.cat(anchors_per_level, dim=0)
-    if gt_boxes.shape[0] == 0:
-        return _no_objects(anchors)
-    candidate_idxs, candidate_ious, iou_threshold = atss_candidates(
+    num_images, num_anchors = len(gt_boxes_per_image), anchors.shape[0]
+    counts = [boxes.shape[0] for boxes in gt_boxes_per_image]
+    if sum(counts) == 0:
+        empty = _no_objects(anchors)
+        return SampleSelection(empty.labels.expand(num_images, -1).clone(),
+                               empty.matched_boxes.expand(num_images, -1, -1).clone())
+    gt_boxes = torch.cat(gt_boxes_per_image)  # [G, 4], image by image
+    gt_labels = torch.cat(gt_labels_per_image)
+    candidate_idxs, candidate_ious = _candidates(
         anchors_per_level, gt_boxes, topk, num_anchors_per_location, max_pairs, grid_sizes
     )
+
+    # Lines 8-10, per image.
+    starts = [sum(counts[:i]) for i in range(num_images)]
+    iou_threshold = torch.cat([_iou_threshold(candidate_ious[s:s + n]) for s, n in zip(starts, counts) if n])
 
     # Lines 11-15: positives: candidates with IoU >= t_g whose centre is inside g.
     cx, cy = anchor_centers(anchors)
     is_inside = _is_inside(cx[candidate_idxs], cy[candidate_idxs], gt_boxes[:, None, :])
     is_pos = (candidate_ious >= iou_threshold[:, None]) & is_inside
 
-    # An anchor selected by several objects goes to the one of highest IoU.
-    return _assign_highest_iou(anchors.shape[0], candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels)
+    # An anchor selected by several objects of its image goes to the one of
+    # highest IoU: resolved over the batch's anchors, image-major.
+    image_of_object = torch.cat([torch.full((n,), i, dtype=torch.int64) for i, n in enumerate(counts)])
+    batch_idxs = candidate_idxs + (image_of_object.to(candidate_idxs.device) * num_anchors)[:, None]
+    first_objects = torch.tensor([s if n else -1 for s, n in zip(starts, counts)], device=anchors.device)
+    return _assign_highest_iou(num_anchors, batch_idxs, candidate_ious, is_pos, gt_boxes, gt_labels,
+                               first_objects)
 
 
 # --------------------------------------------------------------------------- #
@@ -607,7 +685,7 @@ class SampleSelector:
         )
 
     def __call__(self, anchors_per_level, targets, grid_sizes=None):
-        results = []
+        boxes_and_labels = []
         for target in targets:
             if isinstance(target, (tuple, list)):
                 gt_boxes, gt_labels = target
@@ -615,7 +693,14 @@ class SampleSelector:
                 if target.mode != "xyxy":
                     raise ValueError(f"targets must be xyxy BoxLists, got mode {target.mode!r}")
                 gt_boxes, gt_labels = target.bbox, target.get_field("labels")
-            results.append(self.select_image(anchors_per_level, gt_boxes, gt_labels, grid_sizes))
+            device, dtype = anchors_per_level[0].device, anchors_per_level[0].dtype
+            boxes_and_labels.append((gt_boxes.to(device=device, dtype=dtype), gt_labels.to(device)))
+        if self.positive_type == "ATSS":
+            return atss_select_batch(
+                anchors_per_level, [b for b, _ in boxes_and_labels], [l for _, l in boxes_and_labels],
+                self.topk, self.num_anchors_per_location, self.max_pairs, grid_sizes,
+            )
+        results = [self.select_image(anchors_per_level, b, l, grid_sizes) for b, l in boxes_and_labels]
         return SampleSelection(
             torch.stack([r.labels for r in results]), torch.stack([r.matched_boxes for r in results])
         )
