@@ -257,9 +257,6 @@ def main():
     for what in args.only:
         for boxes in (args.boxes if what == "select" else [None]):
             label = what if boxes is None else f"{what} {boxes}"
-            if boxes is not None:
-                args.boxes = [boxes]
-            args.boxes_value = boxes
             base_t, new_t, ratios, base_mem, new_mem = [], [], [], [], []
             outs = {}
             for pair in range(args.pairs):
