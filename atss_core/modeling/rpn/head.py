@@ -37,7 +37,7 @@ class ATSSHead(nn.Module):
                     conv = DFConv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=True)
                 else:
                     conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=True)
-                layers += [conv, nn.GroupNorm(32, in_channels), nn.ReLU()]
+                layers += [conv, nn.GroupNorm(32, in_channels), nn.ReLU(inplace=True)]
             return nn.Sequential(*layers)
 
         self.cls_tower = tower()
