@@ -297,8 +297,8 @@ def main():
         sys.path.insert(0, ROOT)
         from atss_core.utils.io import atomic_write_json
 
-        atomic_write_json(args.json, {"baseline": sha, "head": head, "dirty": bool(dirty), "cpu": cpu,
-                                      "threads": args.threads, "pairs": args.pairs, "rows": rows})
+        atomic_write_json({"baseline": sha, "head": head, "dirty": bool(dirty), "cpu": cpu,
+                           "threads": args.threads, "pairs": args.pairs, "rows": rows}, args.json, indent=2)
 
 
 if __name__ == "__main__":
