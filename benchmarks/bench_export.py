@@ -42,13 +42,13 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from atss_core.config import cfg as default_cfg, validate_config  # noqa: E402
 from atss_core.data.transforms.transforms import Normalize, resize_image  # noqa: E402
 from atss_core.export.exporter import compare_detections, export_onnx, onnx_session, run_onnx  # noqa: E402
 from atss_core.modeling.detector import build_detection_model  # noqa: E402
 from atss_core.structures.image_list import to_image_list  # noqa: E402
 from atss_core.utils.checkpoint import DetectronCheckpointer  # noqa: E402
-from bench_kernels import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_inference import load_config  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_kernels import cpu_name  # noqa: E402
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference")
 
@@ -73,13 +73,7 @@ def parse_args(argv=None):
 
 
 def load(args):
-    cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""])
-    if args.score_th is not None:
-        cfg.merge_from_list(["MODEL.ATSS.INFERENCE_TH", args.score_th])
-    validate_config(cfg)
-    cfg.freeze()
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu"], args.score_th)
     torch.manual_seed(0)
     model = build_detection_model(cfg).eval()
     weights = args.weights

@@ -76,12 +76,15 @@ def parse_args(argv=None):
     return args
 
 
-def load_config(args):
+def load_config(config_file, opts=(), score_th=None):
+    """The frozen, validated config of ``config_file`` with ``opts`` (KEY VALUE
+    ...), random weights (``MODEL.WEIGHT`` empty) and ``score_th`` as
+    ``MODEL.ATSS.INFERENCE_TH`` when given."""
     cfg = default_cfg.clone()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHT", ""] + list(args.opts or []))
-    if args.score_th is not None:
-        cfg.merge_from_list(["MODEL.ATSS.INFERENCE_TH", args.score_th])
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(["MODEL.WEIGHT", ""] + list(opts or []))
+    if score_th is not None:
+        cfg.merge_from_list(["MODEL.ATSS.INFERENCE_TH", score_th])
     validate_config(cfg)
     cfg.freeze()
     return cfg
@@ -135,7 +138,7 @@ def benchmark(model, images, device, iters, warmup):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args)
+    cfg = load_config(args.config_file, args.opts, args.score_th)
     device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("MODEL.DEVICE is cuda but torch sees no GPU; pass MODEL.DEVICE cpu")

@@ -70,6 +70,7 @@ the fallback selects objects by value, a host synchronisation, so it is
 CPU-only and GPUs run the whole-level search. The other rules have no host
 synchronisation either (every size is a tensor shape).
 """
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -306,26 +307,22 @@ def _no_objects(anchors):
     return SampleSelection(labels, anchors.new_zeros(anchors.shape))
 
 
-def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels,
-                        first_objects=None):
+def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels, first_objects):
     """Resolve anchors claimed by several objects: the object of highest IoU,
     the lowest object index among equal IoUs (what ``torch.max`` returns).
 
-    candidate_idxs, candidate_ious, is_pos: [G, K] (anchor index, IoU, and
-    whether it is a positive of object g). Anchors that no object claims are
+    A batch of N images (N = 1 for one image): objects are concatenated
+    image by image, ``first_objects`` [N] is the index of each image's first
+    object (-1 for an image without objects), and ``candidate_idxs``,
+    ``candidate_ious``, ``is_pos`` [G, K] hold each object's candidates as
+    indices into the batch's N * num_anchors anchors (image-major), their
+    IoUs and whether each is a positive. Anchors that no object claims are
     negatives matched to their image's first object (the reference's argmax
-    over all -INF).
-
-    One image: ``candidate_idxs`` index its ``num_anchors`` anchors; returns
-    labels [num_anchors], matched_boxes [num_anchors, 4]. A batch of N images
-    (``first_objects`` [N], the index of each image's first object, -1 for an
-    image without objects): objects are concatenated image by image and
-    ``candidate_idxs`` index the batch's N * num_anchors anchors, image-major;
-    returns labels [N, num_anchors], matched_boxes [N, num_anchors, 4] (zeros
-    for an image without objects).
+    over all -INF). Returns labels [N, num_anchors] and matched_boxes
+    [N, num_anchors, 4] (zeros for an image without objects).
     """
     num_gt = gt_boxes.shape[0]
-    num_images = 1 if first_objects is None else first_objects.shape[0]
+    num_images = first_objects.shape[0]
     total = num_images * num_anchors
     idx = candidate_idxs.reshape(-1)
     pos_ious = torch.where(is_pos, candidate_ious, candidate_ious.new_full((), -INF))
@@ -338,11 +335,6 @@ def _assign_highest_iou(num_anchors, candidate_idxs, candidate_ious, is_pos, gt_
     winner = torch.full((total,), num_gt, dtype=torch.int64, device=idx.device).scatter_reduce(
         0, idx, torch.where(is_best, gt_index, no_gt).reshape(-1), reduce="amin"
     )
-    if first_objects is None:
-        is_fg = winner < num_gt
-        matched_gt = torch.where(is_fg, winner, torch.zeros_like(winner))
-        labels = torch.where(is_fg, gt_labels.to(torch.int64)[matched_gt], torch.zeros_like(winner))
-        return SampleSelection(labels, gt_boxes.index_select(0, matched_gt))
     winner = winner.view(num_images, num_anchors)
     is_fg = winner < num_gt
     matched_gt = torch.where(is_fg, winner, first_objects.clamp(min=0)[:, None])
@@ -482,7 +474,7 @@ def atss_select_batch(anchors_per_level, gt_boxes_per_image, gt_labels_per_image
     )
 
     # Lines 8-10, per image.
-    starts = [sum(counts[:i]) for i in range(num_images)]
+    starts = [0, *itertools.accumulate(counts)][:-1]
     iou_threshold = torch.cat([_iou_threshold(candidate_ious[s:s + n]) for s, n in zip(starts, counts) if n])
 
     # Lines 11-15: positives: candidates with IoU >= t_g whose centre is inside g.
@@ -626,7 +618,11 @@ def topk_select(anchors_per_level, gt_boxes, gt_labels, topk=9, max_pairs=None):
     candidate_idxs = torch.cat(candidate_idxs)
     candidate_ious = torch.cat(candidate_ious)
     is_pos = _is_inside(cx[candidate_idxs], cy[candidate_idxs], gt_boxes[:, None, :])
-    return _assign_highest_iou(anchors.shape[0], candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels)
+    first_object = torch.zeros(1, dtype=torch.int64, device=anchors.device)
+    labels, matched_boxes = _assign_highest_iou(
+        anchors.shape[0], candidate_idxs, candidate_ious, is_pos, gt_boxes, gt_labels, first_object
+    )
+    return SampleSelection(labels[0], matched_boxes[0])
 
 
 # --------------------------------------------------------------------------- #
