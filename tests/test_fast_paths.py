@@ -4,6 +4,8 @@
   (:func:`atss_core.layers.conv_norm`) vs ``norm(conv(x))``.
 * Channels-last feature maps and weights (``MODEL.CHANNELS_LAST``, the default)
   vs contiguous ones.
+* Large 3x3 convolutions through NNPACK's Winograd kernels (``MODEL.WINOGRAD``,
+  the default; tests/test_winograd.py tests the layer) vs ``F.conv2d``.
 
 Inference: head outputs within the parity tolerance (relative error 1e-4) and
 the same detections (the parity fixture's rule: same label, IoU > 0.99, score
@@ -12,8 +14,9 @@ gradient within 5e-3 (relative L2), on the synthetic R-50 weights of
 ``../shared/reference`` (non-trivial batch-norm statistics). Those weights make
 the backbone's gradients sensitive to rounding: the plain computation's own
 gradients move by up to 9e-4 between 1 and 2 threads, the fast paths' by up
-to 2.1e-3 from the plain ones (AMD EPYC, AVX-512); a wrong fold or layout
-is off by orders of magnitude more.
+to 2.1e-3 from the plain ones (AMD EPYC, AVX-512); a wrong fold, layout or
+Winograd transform is off by orders of magnitude more. The inputs are large
+enough for the Winograd path to run at P3 (head and FPN).
 """
 import contextlib
 import json
@@ -28,6 +31,7 @@ from test_parity import assert_same_detections, fixture_input, relative_error, w
 
 import atss_core.modeling.backbone.resnet as resnet
 from atss_core.layers import DFConv2d, FrozenBatchNorm2d, conv_norm
+from atss_core.layers.conv import nnpack_available
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.bounding_box import BoxList
 from atss_core.structures.image_list import to_image_list
@@ -96,12 +100,14 @@ def unfolded_batch_norm():
 
 
 VARIANTS = {
-    # name: (MODEL.CHANNELS_LAST, batch norm folded)
-    "fast": (True, True),
-    "unfolded": (True, False),
-    "contiguous": (False, True),
-    "plain": (False, False),
+    # name: (MODEL.CHANNELS_LAST, batch norm folded, MODEL.WINOGRAD)
+    "fast": (True, True, True),
+    "direct": (True, True, False),
+    "unfolded": (True, False, True),
+    "contiguous": (False, True, True),
+    "plain": (False, False, False),
 }
+FAST_VARIANTS = [name for name in VARIANTS if name != "plain"]
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +117,17 @@ def weights(tmp_path_factory):
     return path
 
 
-def build(weights, channels_last):
-    cfg = load_cfg("atss_R_50_FPN_1x", ["MODEL.CHANNELS_LAST", channels_last])
+def build(weights, channels_last, winograd=True):
+    cfg = load_cfg("atss_R_50_FPN_1x", ["MODEL.CHANNELS_LAST", channels_last, "MODEL.WINOGRAD", winograd])
     model = build_detection_model(cfg)
     DetectronCheckpointer(cfg, model).load(weights)
     return model
 
 
 def run_variant(name, fn):
-    channels_last, folded = VARIANTS[name]
+    channels_last, folded, winograd = VARIANTS[name]
     with contextlib.nullcontext() if folded else unfolded_batch_norm():
-        return fn(channels_last)
+        return fn(channels_last, winograd)
 
 
 @requires_reference()
@@ -133,11 +139,33 @@ def test_channels_last_model_keeps_its_layout_and_state_dict(weights):
     assert list(model.state_dict()) == list(plain.state_dict())
     for (k, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), k
+    # Too small for the Winograd path anywhere: channels-last from the stem to the head outputs.
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, 64, 96).contiguous(memory_format=torch.channels_last))
         outputs = model.rpn.head(features)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features)
     assert all(o.is_contiguous(memory_format=torch.channels_last) for level in outputs for o in level)
+
+
+@requires_reference()
+@pytest.mark.parametrize("winograd", [False, True])
+def test_layout_with_and_without_winograd(weights, winograd):
+    """At 512 x 768, P3 (64 x 96) takes the Winograd path: NNPACK's outputs
+    are NCHW, so the FPN's P3 and the head's P3 towers and class logits are
+    contiguous; P5-P7, the box regression, and everything without Winograd
+    stay channels-last."""
+    model = build(weights, True, winograd)
+    x = torch.randn(1, 3, 512, 768).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        features = model.backbone(x)
+        logits, bbox_reg, _ = model.rpn.head(features)
+    nchw = winograd and nnpack_available()
+    assert features[0].is_contiguous() == nchw
+    assert logits[0].is_contiguous() == nchw
+    assert bbox_reg[0].is_contiguous(memory_format=torch.channels_last)  # 4 outputs: direct
+    for level in range(2, 5):
+        assert features[level].is_contiguous(memory_format=torch.channels_last)
+        assert logits[level].is_contiguous(memory_format=torch.channels_last)
 
 
 @requires_reference()
@@ -147,15 +175,15 @@ def test_inference_fast_paths_equal_plain(weights):
     images = to_image_list([fixture_input(fx)], 32)
     results = {}
     for name in VARIANTS:
-        def infer(channels_last):
-            model = build(weights, channels_last).eval()
+        def infer(channels_last, winograd):
+            model = build(weights, channels_last, winograd).eval()
             with torch.no_grad():
                 head = model.rpn.head(model.backbone(images.tensors))
                 return head, model(images)[0]
         results[name] = run_variant(name, infer)
     (plain_head, plain_dets) = results["plain"]
     assert len(plain_dets) > 50
-    for name in ("fast", "unfolded", "contiguous"):
+    for name in FAST_VARIANTS:
         head, dets = results[name]
         for outputs, plain_outputs in zip(head, plain_head):
             for level, (a, b) in enumerate(zip(outputs, plain_outputs)):
@@ -172,20 +200,21 @@ def test_inference_fast_paths_equal_plain(weights):
 @requires_reference()
 def test_training_step_fast_paths_equal_plain(weights):
     g = torch.Generator().manual_seed(3)
-    images = to_image_list([torch.randn(3, 256, 320, generator=g) * 50 for _ in range(2)], 32)
+    # P3 is 40 x 56: large enough for the Winograd path (head towers, FPN)
+    images = to_image_list([torch.randn(3, 320, 448, generator=g) * 50 for _ in range(2)], 32)
     targets = []
     for _ in range(2):
-        xy = torch.rand(6, 2, generator=g) * torch.tensor([220.0, 180.0])
-        wh = 16 + torch.rand(6, 2, generator=g) * 80
-        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([319.0, 255.0]))], dim=1)
-        target = BoxList(boxes, (320, 256))
+        xy = torch.rand(6, 2, generator=g) * torch.tensor([330.0, 230.0])
+        wh = 16 + torch.rand(6, 2, generator=g) * 100
+        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([447.0, 319.0]))], dim=1)
+        target = BoxList(boxes, (448, 320))
         target.add_field("labels", torch.randint(1, 81, (6,), generator=g))
         targets.append(target)
 
     results = {}
     for name in VARIANTS:
-        def step(channels_last):
-            model = build(weights, channels_last).train()
+        def step(channels_last, winograd):
+            model = build(weights, channels_last, winograd).train()
             losses = model(images, targets)
             total = sum(losses.values())
             params = {k: p for k, p in model.named_parameters() if p.requires_grad}
@@ -194,7 +223,7 @@ def test_training_step_fast_paths_equal_plain(weights):
         results[name] = run_variant(name, step)
     plain_losses, plain_grads = results["plain"]
     assert plain_losses["loss_reg"] > 0
-    for name in ("fast", "unfolded", "contiguous"):
+    for name in FAST_VARIANTS:
         losses, grads = results[name]
         for key, value in losses.items():
             assert abs(value - plain_losses[key]) <= 1e-5 * abs(plain_losses[key]), (name, key)

@@ -137,6 +137,7 @@ ONLY_HERE = {
     "SOLVER.MIXED_PRECISION": "none",         # the reference trains in fp32
     "TEST.MIXED_PRECISION": "none",           # ... and tests in fp32
     "MODEL.CHANNELS_LAST": True,              # a memory layout: the same values up to rounding
+    "MODEL.WINOGRAD": True,                   # an algorithm: the same values up to rounding
     "SOLVER.LOG_PERIOD": 20,                  # the reference logs every 20 iterations
     "TEST.EVAL_PERIOD": 0,                    # the reference evaluates only at the end
 }

@@ -2,12 +2,14 @@
 import torch.nn.functional as F
 from torch import nn
 
+from atss_core.layers import Conv2d
+
 from .resnet import make_norm
 
 
 def _fpn_conv(in_channels, out_channels, kernel_size, use_gn, use_relu, cfg):
     """Conv (kaiming-uniform, a=1) optionally followed by GroupNorm and ReLU."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not use_gn)
+    conv = Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=not use_gn)
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if not use_gn:
         nn.init.constant_(conv.bias, 0)
@@ -27,8 +29,8 @@ class LastLevelP6P7(nn.Module):
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
-        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        self.p6 = Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = Conv2d(out_channels, out_channels, 3, 2, 1)
         for module in (self.p6, self.p7):
             nn.init.kaiming_uniform_(module.weight, a=1)
             nn.init.constant_(module.bias, 0)

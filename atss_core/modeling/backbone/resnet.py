@@ -15,7 +15,7 @@ from collections import namedtuple
 import torch.nn.functional as F
 from torch import nn
 
-from atss_core.layers import DFConv2d, FrozenBatchNorm2d, conv_norm
+from atss_core.layers import Conv2d, DFConv2d, FrozenBatchNorm2d, conv_norm
 
 # Blocks per stage res2..res5 and the kind of block.
 StageSpec = namedtuple("StageSpec", ["block_counts", "block"])
@@ -64,14 +64,14 @@ def _conv3x3(in_channels, out_channels, stride, groups, dilation, dcn):
             stride=stride, groups=groups, padding=dilation, dilation=dilation,
             deformable_groups=dcn["deformable_groups"], bias=False,
         )
-    conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
+    conv = Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
                      dilation=dilation, groups=groups, bias=False)
     nn.init.kaiming_uniform_(conv.weight, a=1)
     return conv
 
 
 def _conv1x1(in_channels, out_channels, stride=1):
-    conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+    conv = Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
     nn.init.kaiming_uniform_(conv.weight, a=1)
     return conv
 
@@ -136,7 +136,7 @@ class Stem(nn.Module):
 
     def __init__(self, out_channels, norm):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_uniform_(self.conv1.weight, a=1)
         self.bn1 = norm(out_channels)
 

@@ -4,6 +4,7 @@ import contextlib
 import torch
 from torch import nn
 
+from atss_core.layers import set_winograd
 from atss_core.structures.image_list import to_image_list
 from atss_core.utils.amp import autocast_dtype
 
@@ -31,6 +32,10 @@ class ATSSDetector(nn.Module):
     channels-last, the layout oneDNN and cuDNN convolve fastest (about 1.4x
     faster inference on a CPU; tests/test_fast_paths.py holds the outputs to
     the contiguous model's). Shapes, values and state-dict names do not change.
+    With ``MODEL.WINOGRAD`` (default) the large 3x3 convolutions run through
+    NNPACK on the CPU (:mod:`atss_core.layers.conv`) and give NCHW outputs, so
+    on the CPU those layers' outputs (the head's at P3 and P4, for example)
+    are contiguous.
 
     Precision: in eval mode the forward runs under autocast to the dtype of
     ``TEST.MIXED_PRECISION`` ("none": fp32), with the post-processing in fp32.
@@ -43,6 +48,7 @@ class ATSSDetector(nn.Module):
         self.size_divisibility = cfg.DATALOADER.SIZE_DIVISIBILITY
         self.memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
         self.to(memory_format=self.memory_format)
+        set_winograd(self, cfg.MODEL.WINOGRAD)
         self.test_amp_dtype = autocast_dtype(
             cfg.TEST.MIXED_PRECISION, torch.device(cfg.MODEL.DEVICE), "TEST.MIXED_PRECISION"
         )

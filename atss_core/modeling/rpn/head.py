@@ -4,7 +4,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from atss_core.layers import DFConv2d, Scale
+from atss_core.layers import Conv2d, DFConv2d, Scale
 
 
 class ATSSHead(nn.Module):
@@ -36,15 +36,15 @@ class ATSSHead(nn.Module):
                 if atss.USE_DCN_IN_TOWER and i == atss.NUM_CONVS - 1:
                     conv = DFConv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=True)
                 else:
-                    conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=True)
+                    conv = Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1, bias=True)
                 layers += [conv, nn.GroupNorm(32, in_channels), nn.ReLU(inplace=True)]
             return nn.Sequential(*layers)
 
         self.cls_tower = tower()
         self.bbox_tower = tower()
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
-        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
-        self.centerness = nn.Conv2d(in_channels, num_anchors, 3, padding=1)
+        self.cls_logits = Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = Conv2d(in_channels, num_anchors * 4, 3, padding=1)
+        self.centerness = Conv2d(in_channels, num_anchors, 3, padding=1)
 
         # Every nn.Conv2d of the head, the offset convs of the DCN towers included,
         # starts from N(0, 0.01) with zero bias (the reference's initialisation); the
