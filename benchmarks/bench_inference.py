@@ -21,7 +21,9 @@ NMS), an upper bound of its cost.
 
 Modes (``--modes``; default: all those the device supports), each a model
 built from the config with (the same seed, so the same weights):
-``fp32`` (the config as it is: channels-last feature maps by default),
+``fp32`` (the config as it is: channels-last feature maps and, on the CPU,
+the Winograd path for large 3x3 convolutions by default), ``direct``
+(``MODEL.WINOGRAD False``: every convolution through ``F.conv2d``),
 ``contiguous`` (``MODEL.CHANNELS_LAST False``: the reference's layout),
 ``bf16`` and, on CUDA, ``fp16`` (``TEST.MIXED_PRECISION``: autocast, the
 post-processing in fp32). Peak memory is ``torch.cuda.max_memory_allocated``
@@ -48,11 +50,12 @@ from atss_core.utils.io import atomic_write_json  # noqa: E402
 MODES = {
     "fp32": [],
     "contiguous": ["MODEL.CHANNELS_LAST", False],
+    "direct": ["MODEL.WINOGRAD", False],
     "bf16": ["TEST.MIXED_PRECISION", "bf16"],
     "fp16": ["TEST.MIXED_PRECISION", "fp16"],
 }
 CUDA_MODES = ("fp32", "contiguous", "fp16", "bf16")
-CPU_MODES = ("fp32", "contiguous", "bf16")
+CPU_MODES = ("fp32", "direct", "contiguous", "bf16")
 
 
 def parse_args(argv=None):
@@ -65,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=20, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--modes", nargs="+", choices=tuple(MODES),
-                        help="default: fp32 contiguous bf16, plus fp16 on CUDA")
+                        help="default: fp32 direct contiguous bf16 on the CPU, fp32 contiguous fp16 bf16 on CUDA")
     parser.add_argument("--score-th", type=float, default=None,
                         help="override MODEL.ATSS.INFERENCE_TH (0: every location a candidate)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as json")

@@ -31,6 +31,8 @@ CPU_SENSITIVE_TESTS = [
     "tests/test_sample_selection.py::test_window_search_equals_topk_over_the_level",
     "tests/test_fast_paths.py::test_conv_norm_folds_frozen_bn_exactly_up_to_rounding",
     "tests/test_fast_paths.py::test_training_step_fast_paths_equal_plain",
+    "tests/test_fast_paths.py::test_inference_fast_paths_equal_plain",
+    "tests/test_winograd.py",
     "tests/test_parity.py",
     "tests/test_trajectory.py",
     "tests/test_train.py::test_killed_run_resumes_from_its_last_checkpoint",

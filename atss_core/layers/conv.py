@@ -77,6 +77,11 @@ def _worth_it(in_channels, out_channels, pixels):
 
 def winograd_applicable(x, weight, stride=1, padding=0, dilation=1, groups=1):
     """Whether :func:`conv2d` would run this convolution through NNPACK."""
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()):
+        # Exported and compiled graphs keep the plain convolution (and no
+        # guards on the input size are made here).
+        return False
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -87,13 +92,10 @@ def winograd_applicable(x, weight, stride=1, padding=0, dilation=1, groups=1):
         and _pair(padding) == (1, 1)
         and _pair(dilation) == (1, 1)
         and groups == 1
+        and not torch.is_autocast_enabled("cpu")
+        and nnpack_available()
         and x.shape[0] > 0
         and _worth_it(weight.shape[1], weight.shape[0], x.shape[2] * x.shape[3])
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
-        and nnpack_available()
     )
 
 
