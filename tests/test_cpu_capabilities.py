@@ -23,15 +23,14 @@ from conftest import COCO128_DIR, REFERENCE_DIR, REPO_ROOT
 # training trajectory (wider tolerances past iteration 4 there: see
 # tests/test_trajectory.py), resuming a killed run (bit for bit), the quick start
 # reaching its AP, the compiled kernels against their pure-PyTorch versions, and
-# the speed paths (folded batch norm, channels-last, the windowed nearest-anchor
-# search) against the plain computations.
+# the speed paths (folded batch norm, channels-last, the Winograd convolutions,
+# the windowed nearest-anchor search) against the plain computations.
 CPU_SENSITIVE_TESTS = [
     "tests/test_sample_selection.py::test_reference_assignment_of_fixture_image",
     "tests/test_sample_selection.py::test_coco128_boxes_few_images",
     "tests/test_sample_selection.py::test_window_search_equals_topk_over_the_level",
     "tests/test_fast_paths.py::test_conv_norm_folds_frozen_bn_exactly_up_to_rounding",
     "tests/test_fast_paths.py::test_training_step_fast_paths_equal_plain",
-    "tests/test_fast_paths.py::test_inference_fast_paths_equal_plain",
     "tests/test_winograd.py",
     "tests/test_parity.py",
     "tests/test_trajectory.py",

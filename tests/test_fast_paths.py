@@ -31,6 +31,7 @@ from test_parity import assert_same_detections, fixture_input, relative_error, w
 
 import atss_core.modeling.backbone.resnet as resnet
 from atss_core.layers import DFConv2d, FrozenBatchNorm2d, conv_norm
+from atss_core.layers import conv as conv_module
 from atss_core.layers.conv import nnpack_available
 from atss_core.modeling.detector import build_detection_model
 from atss_core.structures.bounding_box import BoxList
@@ -110,6 +111,18 @@ VARIANTS = {
 FAST_VARIANTS = [name for name in VARIANTS if name != "plain"]
 
 
+def run_variant_counting_winograd(name, fn, monkeypatch):
+    """``run_variant``, checking that the Winograd path ran (forward and, in
+    training, backward) exactly in the variants with ``MODEL.WINOGRAD``."""
+    calls = []
+    nnpack_conv = conv_module._nnpack_conv3x3
+    monkeypatch.setattr(conv_module, "_nnpack_conv3x3", lambda *args: calls.append(1) or nnpack_conv(*args))
+    result = run_variant(name, fn)
+    monkeypatch.setattr(conv_module, "_nnpack_conv3x3", nnpack_conv)
+    assert bool(calls) == (VARIANTS[name][2] and nnpack_available()), name
+    return result
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("weights") / "ATSS_R_50_FPN_1x_synthetic.pth")
@@ -150,26 +163,23 @@ def test_channels_last_model_keeps_its_layout_and_state_dict(weights):
 @requires_reference()
 @pytest.mark.parametrize("winograd", [False, True])
 def test_layout_with_and_without_winograd(weights, winograd):
-    """At 512 x 768, P3 (64 x 96) takes the Winograd path: NNPACK's outputs
-    are NCHW, so the FPN's P3 and the head's P3 towers and class logits are
-    contiguous; P5-P7, the box regression, and everything without Winograd
-    stay channels-last."""
+    """At 512 x 768, P3 (64 x 96) takes the Winograd path in the FPN and the
+    head's towers: NNPACK's outputs are NCHW, so the FPN's P3 is contiguous;
+    P4-P7 (too small), the predictors (too few output channels at this size)
+    and everything without Winograd stay channels-last."""
     model = build(weights, True, winograd)
     x = torch.randn(1, 3, 512, 768).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         features = model.backbone(x)
-        logits, bbox_reg, _ = model.rpn.head(features)
-    nchw = winograd and nnpack_available()
-    assert features[0].is_contiguous() == nchw
-    assert logits[0].is_contiguous() == nchw
-    assert bbox_reg[0].is_contiguous(memory_format=torch.channels_last)  # 4 outputs: direct
-    for level in range(2, 5):
+        outputs = model.rpn.head(features)
+    assert features[0].is_contiguous() == (winograd and nnpack_available())
+    for level in range(1, 5):
         assert features[level].is_contiguous(memory_format=torch.channels_last)
-        assert logits[level].is_contiguous(memory_format=torch.channels_last)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for level in outputs for o in level)
 
 
 @requires_reference()
-def test_inference_fast_paths_equal_plain(weights):
+def test_inference_fast_paths_equal_plain(weights, monkeypatch):
     with open(os.path.join(REFERENCE_DIR, "parity", "r50_single.json")) as f:
         fx = json.load(f)
     images = to_image_list([fixture_input(fx)], 32)
@@ -180,7 +190,7 @@ def test_inference_fast_paths_equal_plain(weights):
             with torch.no_grad():
                 head = model.rpn.head(model.backbone(images.tensors))
                 return head, model(images)[0]
-        results[name] = run_variant(name, infer)
+        results[name] = run_variant_counting_winograd(name, infer, monkeypatch)
     (plain_head, plain_dets) = results["plain"]
     assert len(plain_dets) > 50
     for name in FAST_VARIANTS:
@@ -198,16 +208,16 @@ def test_inference_fast_paths_equal_plain(weights):
 
 
 @requires_reference()
-def test_training_step_fast_paths_equal_plain(weights):
+def test_training_step_fast_paths_equal_plain(weights, monkeypatch):
     g = torch.Generator().manual_seed(3)
-    # P3 is 40 x 56: large enough for the Winograd path (head towers, FPN)
-    images = to_image_list([torch.randn(3, 320, 448, generator=g) * 50 for _ in range(2)], 32)
+    # P3 is 48 x 64: large enough for the Winograd path (head towers, FPN)
+    images = to_image_list([torch.randn(3, 384, 512, generator=g) * 50 for _ in range(2)], 32)
     targets = []
     for _ in range(2):
-        xy = torch.rand(6, 2, generator=g) * torch.tensor([330.0, 230.0])
+        xy = torch.rand(6, 2, generator=g) * torch.tensor([390.0, 280.0])
         wh = 16 + torch.rand(6, 2, generator=g) * 100
-        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([447.0, 319.0]))], dim=1)
-        target = BoxList(boxes, (448, 320))
+        boxes = torch.cat([xy, (xy + wh).clamp(max=torch.tensor([511.0, 383.0]))], dim=1)
+        target = BoxList(boxes, (512, 384))
         target.add_field("labels", torch.randint(1, 81, (6,), generator=g))
         targets.append(target)
 
@@ -220,7 +230,7 @@ def test_training_step_fast_paths_equal_plain(weights):
             params = {k: p for k, p in model.named_parameters() if p.requires_grad}
             grads = torch.autograd.grad(total, list(params.values()))
             return {k: float(v.detach()) for k, v in losses.items()}, dict(zip(params, grads))
-        results[name] = run_variant(name, step)
+        results[name] = run_variant_counting_winograd(name, step, monkeypatch)
     plain_losses, plain_grads = results["plain"]
     assert plain_losses["loss_reg"] > 0
     for name in FAST_VARIANTS:

@@ -19,8 +19,8 @@ requires_nnpack = pytest.mark.skipif(
     not nnpack_available(), reason="this PyTorch build or CPU has no NNPACK (torch._nnpack_available() is False)"
 )
 
-# One image of the ATSS head at P4 for a 512 x 768 input: large enough to take the path.
-BIG = (1, 256, 40, 56)
+# Large enough to take the path: 256 * 256 * 64 * 64 multiply-adds per tap >= MIN_WORK.
+BIG = (1, 256, 64, 64)
 
 
 def scaled_error(a, reference):
@@ -38,7 +38,7 @@ def test_which_convolutions_take_the_winograd_path(monkeypatch):
     w = torch.empty(256, 256, 3, 3)
     assert winograd_applicable(x, w, 1, 1)
     assert winograd_applicable(x.contiguous(memory_format=torch.channels_last), w, (1, 1), [1, 1], 1, 1)
-    assert winograd_applicable(torch.empty(2, 256, 32, 48), w, 1, 1)  # 256 * 256 * 1536 >= MIN_WORK
+    assert winograd_applicable(torch.empty(2, 256, 64, 96), w, 1, 1)  # the head's P3 at 512 x 768
     assert winograd_applicable(torch.empty(1, 256, 100, 152), torch.empty(80, 256, 3, 3), 1, 1)
     not_taken = [
         (x, w, 2, 1, 1, 1),                                    # stride 2
@@ -47,6 +47,7 @@ def test_which_convolutions_take_the_winograd_path(monkeypatch):
         (x, torch.empty(256, 64, 3, 3), 1, 1, 1, 4),           # grouped
         (x, torch.empty(256, 256, 1, 1), 1, 0, 1, 1),          # 1x1
         (torch.empty(1, 256, 25, 38), w, 1, 1, 1, 1),          # small map: 256 * 256 * 950 < MIN_WORK
+        (torch.empty(2, 256, 32, 48), w, 1, 1, 1, 1),          # 256 * 256 * 1536 < MIN_WORK
         (torch.empty(1, 64, 200, 304), torch.empty(64, 64, 3, 3), 1, 1, 1, 1),  # 64 -> 64 channels
         (torch.empty(1, 256, 100, 152), torch.empty(4, 256, 3, 3), 1, 1, 1, 1),  # 4 outputs (box regression)
         (x.double(), w.double(), 1, 1, 1, 1),                  # not fp32
@@ -98,10 +99,10 @@ def test_winograd_forward_matches_float64(batch, bias, memory_format):
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_winograd_gradients_match_float64(memory_format):
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 128, 64, 96, generator=g).contiguous(memory_format=memory_format)
+    x = torch.randn(2, 128, 96, 128, generator=g).contiguous(memory_format=memory_format)
     w = (torch.randn(160, 128, 3, 3, generator=g) * 0.03).contiguous(memory_format=memory_format)
     b = torch.randn(160, generator=g)
-    grad_out = torch.randn(2, 160, 64, 96, generator=g)
+    grad_out = torch.randn(2, 160, 96, 128, generator=g)
     assert winograd_applicable(x, w, 1, 1)
 
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]

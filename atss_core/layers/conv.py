@@ -43,16 +43,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Which convolutions are worth it (measured with benchmarks/bench_winograd.py,
-# 2-core AVX-512 EPYC). NNPACK saves in proportion to the multiply-adds per
-# kernel tap, C_in * C_out * H * W, and pays per call a transform of the whole
-# kernel (64 values per input/output channel pair, whatever the map size) and
-# layout copies in proportion to (C_in + C_out) * H * W. oneDNN was as fast or
-# faster, forward or backward, below 1e8 multiply-adds per tap (256 -> 256
-# channels on 32x48), below 1024 locations (512 -> 512 channels on 16x24 or
-# 25x38) and below 48 for C_in * C_out / (C_in + C_out) (64 -> 64 channels,
-# 256 -> 4).
-MIN_WORK = 100_000_000
+# Which convolutions are worth it (benchmarks/bench_winograd.py, 2-core AVX-512
+# EPYC). NNPACK saves in proportion to the multiply-adds per kernel tap,
+# C_in * C_out * H * W, and pays per call a transform of the whole kernel (64
+# values per input/output channel pair, whatever the map size) and layout
+# copies in proportion to (C_in + C_out) * H * W. Measured: below 1024
+# locations (512 -> 512 channels on 25x38) or 48 for C_in * C_out /
+# (C_in + C_out) (64 -> 64 channels: 1.4x slower; 256 -> 4: 2.4x) oneDNN is
+# faster; around 1e8 multiply-adds per tap (256 -> 256 channels on 32x48,
+# 128 -> 128 on 64x96, 2 images, forward + backward) the two are within 10%,
+# and the NCHW maps cost training memory, so those stay on oneDNN; from 2.5e8
+# (the same convolutions at 800 x 1216) NNPACK takes 0.6-0.8 of the time.
+MIN_WORK = 200_000_000
 MIN_PIXELS = 1024
 MIN_CHANNEL_RATIO = 48
 
@@ -117,8 +119,8 @@ class _WinogradConv3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        # The tensors as they came: NCHW copies of channels-last ones would stay
-        # alive until the backward pass (+110 MiB in an R-50 training step).
+        # The tensors as they came: saved NCHW copies of channels-last inputs
+        # would live, next to the originals, until the backward pass.
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return _nnpack_conv3x3(x, weight, bias)
@@ -126,12 +128,13 @@ class _WinogradConv3x3(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
+        # NCHW throughout: oneDNN's weight gradient was fastest so (2 x 256 x 64 x 96:
+        # 90 ms, 111 ms channels-last, 115 ms with channels-last weights).
         x, weight, grad_output = x.contiguous(), weight.contiguous(), grad_output.contiguous()
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # d/dx of a stride-1 "same" 3x3 convolution: the output gradient
             # convolved with the kernel transposed (O <-> C) and rotated by 180 degrees.
-            # (The weight gradient below is fastest with all three tensors NCHW.)
             grad_x = _nnpack_conv3x3(grad_output, weight.transpose(0, 1).flip(2, 3), None)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.ops.aten.convolution_backward(
