@@ -103,15 +103,12 @@ def winograd_applicable(x, weight, stride=1, padding=0, dilation=1, groups=1):
 
 def _nnpack_conv3x3(x, weight, bias):
     """3x3, stride-1, padding-1 convolution of ``x`` [N, C, H, W] by ``weight``
-    [O, C, 3, 3] (+ ``bias`` [O] or None), one image at a time, written into
-    one contiguous (NCHW) [N, O, H, W] tensor."""
-    x, weight = x.contiguous(), weight.contiguous()
-    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias.contiguous()
-    out = x.new_empty(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-    for i in range(x.shape[0]):
-        torch.ops.aten._nnpack_spatial_convolution.out(x[i:i + 1], weight, bias, [1, 1], [1, 1],
-                                                       out=out[i:i + 1])
-    return out
+    [O, C, 3, 3] (+ ``bias`` [O] or None), one image at a time. Returns a
+    contiguous (NCHW) [N, O, H, W] tensor; a single image is not copied."""
+    weight = weight.contiguous()  # once, not per image
+    images = [torch._nnpack_spatial_convolution(image, weight, bias, [1, 1], [1, 1])
+              for image in x.contiguous().split(1)]
+    return images[0] if len(images) == 1 else torch.cat(images)
 
 
 class _WinogradConv3x3(torch.autograd.Function):
